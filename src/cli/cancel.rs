@@ -1,0 +1,85 @@
+//! `cauce cancel RUN`: asks the process executing a run to stop it (it polls the store,
+//! kills its tasks' process groups and records `cancelled`). If that process is gone, the
+//! run is marked cancelled here directly.
+
+use super::inspect::resolve_run_id;
+use super::{Context, UserError};
+use crate::engine::owner_is_dead;
+use crate::state::{RunState, TaskState};
+use crate::store::now_ms;
+use clap::Args;
+use std::time::Duration;
+
+/// `cauce cancel`.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// The run (`latest` for the newest).
+    pub run_id: String,
+    /// Return at once instead of waiting for the run to stop.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `cauce cancel`.
+pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
+    let svc = cx.services().await?;
+    let store = svc.store.as_ref();
+    let id = resolve_run_id(store, &args.run_id).await?;
+    let Some(run) = store.get_run(&id).await? else {
+        return Err(UserError(format!("no run `{id}`")).into());
+    };
+    if run.state.is_final() {
+        return Err(UserError(format!("run {id} already ended ({})", run.state)).into());
+    }
+    let orphan = run.owner.as_deref().is_none_or(owner_is_dead)
+        || run
+            .heartbeat_at
+            .is_none_or(|h| now_ms() - h > 2 * svc.project.settings.lease.as_millis() as i64);
+    if orphan {
+        let now = now_ms();
+        let owners: Vec<String> = run.owner.iter().cloned().collect();
+        store.expire_leases(Some(&id), &owners, now).await?;
+        let updates: Vec<_> = store
+            .task_runs(&id)
+            .await?
+            .into_iter()
+            .filter(|t| !t.state.is_final())
+            .map(|t| {
+                (
+                    t.task_id,
+                    TaskState::Cancelled,
+                    Some("run cancelled".to_string()),
+                )
+            })
+            .collect();
+        store.finalize_tasks(&id, &updates, now).await?;
+        store
+            .finish_run(
+                &id,
+                RunState::Cancelled,
+                Some("cancelled (its process was gone)"),
+                now,
+            )
+            .await?;
+        println!("run {id} cancelled (no live process was executing it)");
+        return Ok(0);
+    }
+    store.request_cancel(&id).await?;
+    println!("cancel requested for run {id}");
+    if args.no_wait {
+        return Ok(0);
+    }
+    let deadline =
+        tokio::time::Instant::now() + svc.project.settings.kill_grace + Duration::from_secs(30);
+    while tokio::time::Instant::now() < deadline {
+        if let Some(r) = store.get_run(&id).await? {
+            if r.state.is_final() {
+                println!("run {id} {}", r.state);
+                return Ok(0);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("run {id} has not stopped yet; check with `cauce status {id}`");
+    Ok(1)
+}

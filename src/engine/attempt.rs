@@ -1,0 +1,187 @@
+//! One attempt of one task: builds its [`TaskContext`] (log file, environment, template
+//! variables), runs the task kind with its timeout, and returns what happened. It writes
+//! nothing to the store; the run coordinator records the outcome.
+
+use super::{RunInfo, Services};
+use crate::process::{LogFile, ProcessStats};
+use crate::spec::duration::format_duration;
+use crate::spec::Task;
+use crate::store::AttemptRecord;
+use crate::tasks::{PipelineRunner, TaskContext, TaskError, TaskOutput};
+use crate::template::{Escape, RenderVars, RunVars, TaskVars};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// What an attempt ended with.
+#[derive(Debug)]
+pub struct AttemptOutcome {
+    /// The attempt as claimed.
+    pub attempt: AttemptRecord,
+    /// Its result.
+    pub result: Result<TaskOutput, TaskError>,
+    /// Whether it hit its timeout.
+    pub timed_out: bool,
+    /// Kernel accounting of its process, if it ran one.
+    pub stats: Option<ProcessStats>,
+    /// Its log file.
+    pub log_path: String,
+    /// Wall time.
+    pub elapsed: std::time::Duration,
+}
+
+/// `CAUCE_PARAM_<NAME>` for a param name.
+pub fn param_env_name(name: &str) -> String {
+    let cleaned: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("CAUCE_PARAM_{cleaned}")
+}
+
+/// Runs one claimed attempt to its end.
+pub async fn run_attempt(
+    services: Arc<Services>,
+    run: Arc<RunInfo>,
+    task: Task,
+    attempt: AttemptRecord,
+    cancel: CancellationToken,
+    runner: Arc<dyn PipelineRunner>,
+) -> AttemptOutcome {
+    let started = Instant::now();
+    let log_path = services
+        .project
+        .logs_dir()
+        .join(&run.id)
+        .join(format!("{}.{}.log", task.id, attempt.number));
+    let log = match LogFile::create(&log_path, services.project.secrets.redactor()) {
+        Ok(l) => l,
+        Err(e) => {
+            return AttemptOutcome {
+                attempt,
+                result: Err(TaskError::Failed(format!(
+                    "cannot create log file {}: {e}",
+                    log_path.display()
+                ))),
+                timed_out: false,
+                stats: None,
+                log_path: log_path.display().to_string(),
+                elapsed: started.elapsed(),
+            }
+        }
+    };
+    let vars = RenderVars {
+        params: run.params.clone(),
+        run: RunVars {
+            id: run.id.clone(),
+            pipeline: run.pipeline.name.clone(),
+            logical_date: run.logical_date.to_rfc3339(),
+        },
+        ds: run.logical_date.format("%Y-%m-%d").to_string(),
+        ds_nodash: run.logical_date.format("%Y%m%d").to_string(),
+        task: TaskVars {
+            id: task.id.clone(),
+            attempt: attempt.number,
+        },
+    };
+    let data_dir = services.project.data_dir().join(&run.id);
+    let mut env = vec![
+        ("CAUCE_RUN_ID".to_string(), run.id.clone()),
+        ("CAUCE_PIPELINE".to_string(), run.pipeline.name.clone()),
+        ("CAUCE_TASK_ID".to_string(), task.id.clone()),
+        ("CAUCE_ATTEMPT".to_string(), attempt.number.to_string()),
+        (
+            "CAUCE_LOGICAL_DATE".to_string(),
+            vars.run.logical_date.clone(),
+        ),
+        ("CAUCE_DS".to_string(), vars.ds.clone()),
+        ("CAUCE_DATA_DIR".to_string(), data_dir.display().to_string()),
+    ];
+    for (k, v) in &run.params {
+        let text = match v {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        env.push((param_env_name(k), text));
+    }
+    let mut ctx = TaskContext {
+        run_id: run.id.clone(),
+        pipeline: run.pipeline.name.clone(),
+        task_id: task.id.clone(),
+        attempt: attempt.number,
+        cancel: cancel.clone(),
+        log: Arc::clone(&log),
+        vars,
+        templates: Arc::clone(&services.templates),
+        env: Vec::new(),
+        work_dir: run.pipeline.base_dir.clone(),
+        data_dir,
+        python: services.project.settings.python.clone(),
+        python_path: services.project.settings.python_path.clone(),
+        kill_grace: services.project.settings.kill_grace,
+        process_stats: Mutex::new(None),
+        runner: Some(runner),
+    };
+    // Pipeline env, then task env; both templated (values may use params and ${VAR}).
+    let mut env_error = None;
+    for (k, v) in run.pipeline.env.iter().chain(task.env.iter()) {
+        match ctx.render(v, Escape::Plain) {
+            Ok(val) => env.push((k.clone(), val)),
+            Err(e) => {
+                env_error = Some(TaskError::Invalid(format!("env `{k}`: {e}")));
+                break;
+            }
+        }
+    }
+    ctx.env = env;
+    log.note(&format!(
+        "task `{}` attempt {} started ({})",
+        task.id,
+        attempt.number,
+        task.action.describe()
+    ));
+    let mut timed_out = false;
+    let result = if let Some(e) = env_error {
+        Err(e)
+    } else {
+        let fut = task.action.run(&ctx);
+        tokio::pin!(fut);
+        match task.timeout {
+            None => fut.await,
+            Some(limit) => {
+                tokio::select! {
+                    r = &mut fut => r,
+                    _ = tokio::time::sleep(limit) => {
+                        timed_out = true;
+                        log.note(&format!("timed out after {}; stopping it", format_duration(limit)));
+                        ctx.cancel.cancel();
+                        let _ = (&mut fut).await;
+                        Err(TaskError::Failed(format!("timed out after {}", format_duration(limit))))
+                    }
+                }
+            }
+        }
+    };
+    let stats = ctx.process_stats.lock().ok().and_then(|s| *s);
+    match &result {
+        Ok(_) => log.note(&format!(
+            "succeeded in {}",
+            format_duration(started.elapsed())
+        )),
+        Err(e) => log.note(&format!("ended: {e}")),
+    }
+    AttemptOutcome {
+        attempt,
+        result,
+        timed_out,
+        stats,
+        log_path: log_path.display().to_string(),
+        elapsed: started.elapsed(),
+    }
+}

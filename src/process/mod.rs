@@ -1,0 +1,374 @@
+//! Child processes of tasks: each runs in its own process group, with stdout and stderr
+//! streamed (redacted, in fixed-size chunks) to the attempt's log file, so a task that prints
+//! gigabytes costs cauce no memory. Its exit status, peak memory and CPU time come from the
+//! kernel (`wait4`). Cancelling sends SIGTERM to the whole group, then SIGKILL after a grace
+//! period; when the main process exits, anything it left running in its group is killed.
+//!
+//! It knows nothing of tasks, retries or the store: it runs one command and reports.
+
+mod sys;
+
+use crate::secrets::Redactor;
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use sys::pid_alive;
+
+/// An attempt's log file: orchestrator notes and the child's output, secrets masked.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: Mutex<std::fs::File>,
+    redactor: Redactor,
+}
+
+impl LogFile {
+    /// Creates (or appends to) the log file at `path`.
+    pub fn create(path: &Path, redactor: Redactor) -> io::Result<Arc<LogFile>> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Arc::new(LogFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+            redactor,
+        }))
+    }
+
+    /// Where it is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a line written by cauce itself (redacted).
+    pub fn note(&self, line: &str) {
+        let text = format!("[cauce] {}\n", self.redactor.redact_str(line));
+        self.write_bytes(text.as_bytes());
+    }
+
+    /// Appends bytes that are already redacted.
+    pub fn write_bytes(&self, bytes: &[u8]) {
+        if let Ok(mut f) = self.file.lock() {
+            // A full disk must not crash the task; the write error is the log's loss only.
+            let _ = f.write_all(bytes);
+        }
+    }
+
+    /// The redactor this log applies.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+}
+
+/// A command to run.
+#[derive(Debug, Clone)]
+pub struct Command {
+    /// Program (looked up in `PATH` when it has no slash).
+    pub program: OsString,
+    /// Arguments.
+    pub args: Vec<OsString>,
+    /// Extra environment variables (on top of cauce's own environment).
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub cwd: PathBuf,
+}
+
+/// What the kernel says about a finished process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// Its pid.
+    pub pid: u32,
+    /// Exit code, when it exited normally.
+    pub exit_code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Peak resident memory in KiB.
+    pub peak_rss_kb: u64,
+    /// User CPU time in ms.
+    pub cpu_user_ms: u64,
+    /// System CPU time in ms.
+    pub cpu_sys_ms: u64,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    /// Kernel accounting.
+    pub stats: ProcessStats,
+    /// Whether it was stopped because `cancel` fired.
+    pub cancelled: bool,
+}
+
+impl Exit {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.stats.exit_code == Some(0)
+    }
+}
+
+/// Runs `cmd` to completion in its own process group, streaming its output to `log`.
+/// When `cancel` fires, the group gets SIGTERM and, after `grace`, SIGKILL.
+pub async fn run(
+    cmd: &Command,
+    log: &Arc<LogFile>,
+    cancel: &CancellationToken,
+    grace: Duration,
+) -> io::Result<Exit> {
+    let mut command = std::process::Command::new(&cmd.program);
+    command
+        .args(&cmd.args)
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&cmd.cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = command.spawn()?;
+    let pid = child.id() as i32;
+    let pumps: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let log = Arc::clone(log);
+        tokio::task::spawn_blocking(move || pump(stream, &log))
+    })
+    .collect();
+    // `reaped` guards the group id: once the leader is reaped its pgid may be reused, so
+    // nobody signals the group after that.
+    let reaped = Arc::new(Mutex::new(false));
+    let waiter = {
+        let reaped = Arc::clone(&reaped);
+        tokio::task::spawn_blocking(move || -> io::Result<(i32, sys::Usage)> {
+            sys::wait_exit_unreaped(pid)?;
+            let mut guard = reaped
+                .lock()
+                .map_err(|_| io::Error::other("lock poisoned"))?;
+            // The leader is gone; kill whatever it left behind in its group, so that
+            // background children do not hold the output pipes open forever.
+            let _ = sys::signal_group(pid, libc::SIGKILL);
+            let result = sys::reap(pid);
+            *guard = true;
+            result
+        })
+    };
+    drop(child); // reaped by `waiter`, never by std
+    let signal = |sig: i32| {
+        if let Ok(done) = reaped.lock() {
+            if !*done {
+                let _ = sys::signal_group(pid, sig);
+            }
+        }
+    };
+    tokio::pin!(waiter);
+    let mut cancelled = false;
+    let joined = tokio::select! {
+        r = &mut waiter => r,
+        _ = cancel.cancelled() => {
+            cancelled = true;
+            signal(libc::SIGTERM);
+            tokio::select! {
+                r = &mut waiter => r,
+                _ = tokio::time::sleep(grace) => {
+                    log.note(&format!("still running {} after SIGTERM; sending SIGKILL", crate::spec::duration::format_duration(grace)));
+                    signal(libc::SIGKILL);
+                    (&mut waiter).await
+                }
+            }
+        }
+    };
+    let (status, usage) =
+        joined.map_err(|e| io::Error::other(format!("waiting for the child failed: {e}")))??;
+    for p in pumps {
+        // Output pipes close when the group is gone; a process that escaped the group
+        // (setsid) and kept them open is not waited for.
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
+    let (exit_code, sig) = sys::decode_status(status);
+    Ok(Exit {
+        stats: ProcessStats {
+            pid: pid as u32,
+            exit_code,
+            signal: sig,
+            peak_rss_kb: usage.max_rss_kb,
+            cpu_user_ms: usage.user_ms,
+            cpu_sys_ms: usage.sys_ms,
+        },
+        cancelled,
+    })
+}
+
+/// Copies one output stream into the log in 64 KiB chunks, masking secrets.
+fn pump(mut stream: Box<dyn Read + Send>, log: &LogFile) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry = Vec::new();
+    let mut out = Vec::with_capacity(buf.len());
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.clear();
+                log.redactor()
+                    .redact_chunk(&mut carry, &buf[..n], false, &mut out);
+                log.write_bytes(&out);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    out.clear();
+    log.redactor().redact_chunk(&mut carry, &[], true, &mut out);
+    log.write_bytes(&out);
+}
+
+/// Signals a process group from outside its runner (used to stop orphans of a dead run).
+pub fn kill_group(pgid: i32) {
+    let _ = sys::signal_group(pgid, libc::SIGKILL);
+}
+
+/// Splits a command line into argv when it uses no shell syntax at all, so it can be run
+/// without `sh -c` (as `make` does); `None` means it needs a shell.
+pub fn split_simple_command(line: &str) -> Option<Vec<String>> {
+    const SHELL_CHARS: &[char] = &[
+        '|', '&', ';', '<', '>', '(', ')', '$', '`', '\\', '"', '\'', '*', '?', '[', ']', '#', '~',
+        '=', '%', '{', '}', '!', '\n',
+    ];
+    if line.contains(SHELL_CHARS) {
+        return None;
+    }
+    let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+    if words.is_empty() {
+        None
+    } else {
+        Some(words)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, dir: &Path) -> Command {
+        Command {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: vec![("CAUCE_T".into(), "v".into())],
+            cwd: dir.to_path_buf(),
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_output_and_reports_exit_and_usage() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::create(
+            &dir.path().join("a.log"),
+            Redactor::new(vec!["topsecret".into()]),
+        )
+        .unwrap();
+        let exit = run(
+            &sh(
+                "echo out $CAUCE_T; echo err topsecret >&2; exit 3",
+                dir.path(),
+            ),
+            &log,
+            &CancellationToken::new(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(exit.stats.exit_code, Some(3));
+        assert!(exit.stats.peak_rss_kb > 0);
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        assert!(text.contains("out v"), "{text}");
+        assert!(
+            text.contains("err ***") && !text.contains("topsecret"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::create(&dir.path().join("b.log"), Redactor::new(vec![])).unwrap();
+        let marker = dir.path().join("grandchild.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            c2.cancel();
+        });
+        let started = std::time::Instant::now();
+        let exit = run(
+            &sh(&script, dir.path()),
+            &log,
+            &cancel,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(exit.cancelled);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let gpid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The background `sleep` was in the group and must be gone.
+        for _ in 0..50 {
+            if !pid_alive(gpid) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!pid_alive(gpid), "grandchild {gpid} survived");
+    }
+
+    #[tokio::test]
+    async fn background_children_do_not_hold_the_task_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = LogFile::create(&dir.path().join("c.log"), Redactor::new(vec![])).unwrap();
+        let started = std::time::Instant::now();
+        let exit = run(
+            &sh("sleep 60 & echo done", dir.path()),
+            &log,
+            &CancellationToken::new(),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert!(exit.success());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn simple_commands_skip_the_shell() {
+        assert_eq!(split_simple_command("true"), Some(vec!["true".to_string()]));
+        assert_eq!(
+            split_simple_command("python3 x.py a"),
+            Some(vec!["python3".into(), "x.py".into(), "a".into()])
+        );
+        assert_eq!(split_simple_command("echo $HOME"), None);
+        assert_eq!(split_simple_command("a | b"), None);
+        assert_eq!(split_simple_command("echo 'a b'"), None);
+    }
+}

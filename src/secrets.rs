@@ -1,0 +1,137 @@
+//! Secret values (from `${VAR}` references and the project's `.env`) and their redaction
+//! from logs, reports, errors and API output. It owns the set of values; it does not read
+//! the environment itself (the template engine and the project loader add to it).
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+/// What a secret is replaced with.
+pub const MASK: &str = "***";
+
+/// Values shorter than this are not treated as secrets: masking `1` or `on` everywhere
+/// would destroy logs and protect nothing.
+pub const MIN_SECRET_LEN: usize = 4;
+
+/// The set of secret values known to this process; cheap to clone, shared.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    values: Arc<RwLock<BTreeSet<String>>>,
+}
+
+impl Secrets {
+    /// Registers a value as secret.
+    pub fn add(&self, value: &str) {
+        if value.len() >= MIN_SECRET_LEN {
+            if let Ok(mut v) = self.values.write() {
+                v.insert(value.to_string());
+            }
+        }
+    }
+
+    /// A redactor for the values known now.
+    pub fn redactor(&self) -> Redactor {
+        let values: Vec<String> = self
+            .values
+            .read()
+            .map(|v| v.iter().cloned().collect())
+            .unwrap_or_default();
+        Redactor::new(values)
+    }
+
+    /// Masks every known secret in `text`.
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor().redact_str(text)
+    }
+}
+
+/// Replaces secret values in text and in byte streams.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    matcher: Option<AhoCorasick>,
+    max_len: usize,
+}
+
+impl Redactor {
+    /// A redactor for these values.
+    pub fn new(values: Vec<String>) -> Redactor {
+        let max_len = values.iter().map(|v| v.len()).max().unwrap_or(0);
+        let matcher = if values.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&values)
+                .ok()
+        };
+        Redactor { matcher, max_len }
+    }
+
+    /// Masks secrets in a string.
+    pub fn redact_str(&self, text: &str) -> String {
+        match &self.matcher {
+            Some(m) => m.replace_all(text, &vec![MASK; m.patterns_len()]),
+            None => text.to_string(),
+        }
+    }
+
+    /// Redacts a stream chunk by chunk. `carry` holds bytes kept back between calls so that
+    /// a secret split across two chunks is still found; pass `eof = true` on the last call.
+    pub fn redact_chunk(&self, carry: &mut Vec<u8>, chunk: &[u8], eof: bool, out: &mut Vec<u8>) {
+        let Some(m) = &self.matcher else {
+            out.extend_from_slice(carry);
+            out.extend_from_slice(chunk);
+            carry.clear();
+            return;
+        };
+        carry.extend_from_slice(chunk);
+        let keep = if eof {
+            0
+        } else {
+            self.max_len.saturating_sub(1)
+        };
+        let cut = carry.len().saturating_sub(keep);
+        let mut pos = 0;
+        for found in m.find_iter(carry.as_slice()) {
+            if found.start() >= cut {
+                break;
+            }
+            out.extend_from_slice(&carry[pos..found.start()]);
+            out.extend_from_slice(MASK.as_bytes());
+            pos = found.end();
+        }
+        let emit_to = pos.max(cut);
+        out.extend_from_slice(&carry[pos..emit_to]);
+        carry.drain(..emit_to);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_values_in_text() {
+        let s = Secrets::default();
+        s.add("hunter22");
+        s.add("ab"); // too short to be treated as a secret
+        assert_eq!(s.redact("pw=hunter22 ab"), "pw=*** ab");
+    }
+
+    #[test]
+    fn masks_a_secret_split_across_chunks() {
+        let r = Redactor::new(vec!["s3cr3t-token".into()]);
+        let input = b"before s3cr3t-token middle s3cr3t-token after";
+        for split in 1..input.len() {
+            let mut carry = Vec::new();
+            let mut out = Vec::new();
+            r.redact_chunk(&mut carry, &input[..split], false, &mut out);
+            r.redact_chunk(&mut carry, &input[split..], true, &mut out);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                "before *** middle *** after",
+                "split at {split}"
+            );
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Semantic checks over a parsed pipeline, all collected before anything fails: unknown
+//! dependencies (with suggestions), cycles with their path, workflows naming unknown tasks,
+//! cron expressions and time zones, and each task kind's own checks (a program or Python
+//! module that cannot be found).
+
+use super::error::{suggestion, Location, SpecError};
+use super::Pipeline;
+use crate::tasks::CheckContext;
+
+/// Returns every problem found in `p`.
+pub fn check_pipeline(p: &Pipeline, cx: &CheckContext) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    for (id, task) in &p.tasks {
+        for (i, dep) in task.depends_on.iter().enumerate() {
+            let location = task
+                .depends_on_locations
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| task.location.clone());
+            let field = Some(format!("tasks.{id}.depends_on"));
+            if dep == id {
+                errors.push(SpecError::new(
+                    location,
+                    field,
+                    format!("task `{id}` depends on itself"),
+                ));
+            } else if !p.tasks.contains_key(dep) {
+                errors.push(SpecError::new(
+                    location,
+                    field,
+                    format!(
+                        "unknown dependency `{dep}`{}",
+                        suggestion(dep, p.tasks.keys().map(|k| k.as_str()))
+                    ),
+                ));
+            }
+        }
+        for msg in task.action.check(cx, &p.base_dir) {
+            errors.push(SpecError::new(
+                task.location.clone(),
+                Some(format!("tasks.{id}.{}", task.kind)),
+                msg,
+            ));
+        }
+    }
+    for cycle in crate::dag::find_cycles(&crate::dag::dependencies(p)) {
+        if cycle.len() <= 2 && cycle.first() == cycle.last() {
+            continue; // self-dependency, reported above
+        }
+        let location = cycle
+            .first()
+            .and_then(|id| p.tasks.get(id))
+            .map(|t| t.location.clone())
+            .unwrap_or_else(|| p.tasks_location.clone());
+        errors.push(SpecError::new(
+            location,
+            Some("tasks".into()),
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+        ));
+    }
+    for (name, wf) in &p.workflows {
+        for t in &wf.tasks {
+            if !p.tasks.contains_key(t) {
+                errors.push(SpecError::new(
+                    wf.location.clone(),
+                    Some(format!("workflows.{name}")),
+                    format!(
+                        "workflow `{name}` names unknown task `{t}`{}",
+                        suggestion(t, p.tasks.keys().map(|k| k.as_str()))
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(expr) = &p.schedule {
+        if let Err(msg) = crate::schedule::parse_cron(expr) {
+            errors.push(SpecError::new(
+                Location::file(&p.file),
+                Some("schedule".into()),
+                msg,
+            ));
+        }
+    }
+    if let Some(tz) = &p.timezone {
+        if tz.parse::<chrono_tz::Tz>().is_err() {
+            errors.push(SpecError::new(
+                Location::file(&p.file),
+                Some("timezone".into()),
+                format!("unknown time zone `{tz}`; use an IANA name such as `America/Argentina/Buenos_Aires` or `UTC`"),
+            ));
+        }
+    }
+    errors.sort_by_key(|e| (e.location.line.unwrap_or(0), e.location.column.unwrap_or(0)));
+    errors
+}

@@ -1,0 +1,320 @@
+//! The store: every run, task state and attempt, and the queue of ready attempts.
+//!
+//! One [`Store`] trait, one SQL implementation ([`sql::SqlStore`]) with two dialects:
+//! SQLite (the embedded default, WAL) and PostgreSQL (`postgres://...`). Ready attempts are
+//! enqueued here; executor slots claim them with a lease (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL), renew it by heartbeat, and complete them only while they hold it. Expired
+//! leases are found and their attempts marked lost. The engine keeps no state the store does
+//! not have. This module does not decide anything: the engine says what follows a result.
+
+pub mod sql;
+
+use crate::state::{AttemptState, RunState, TaskState};
+use async_trait::async_trait;
+use serde::Serialize;
+use std::time::Duration;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or answered with an error.
+    #[error("store error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The store URL is not one cauce understands.
+    #[error("invalid store URL `{0}`: use `sqlite:PATH` or `postgres://user@host:port/db`")]
+    BadUrl(String),
+    /// Stored data could not be read back (a bug or a hand-edited database).
+    #[error("corrupt store data: {0}")]
+    Corrupt(String),
+    /// A run id that does not exist.
+    #[error("no run `{0}`")]
+    NoSuchRun(String),
+}
+
+/// Store result.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Milliseconds since the Unix epoch: the store's clock unit.
+pub type Millis = i64;
+
+/// The current time in store units.
+pub fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Formats store time for people and reports (RFC 3339, UTC, milliseconds).
+pub fn format_ms(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Unique id, sortable by creation time.
+    pub id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The pipeline file.
+    pub pipeline_file: String,
+    /// Where its tasks run.
+    pub base_dir: String,
+    /// The file's text at creation (a retry re-reads this, not the file).
+    pub source: String,
+    /// Resolved params.
+    pub params: serde_json::Value,
+    /// Selected task ids, in order, with whether each is critical.
+    pub tasks: Vec<(String, bool)>,
+    /// Run options (`max_workers`, `continue_on_failure`).
+    pub options: serde_json::Value,
+    /// Logical date, RFC 3339.
+    pub logical_date: String,
+    /// What started it: `manual`, `schedule`, `child`...
+    pub trigger: String,
+    /// Parent run and task, for child pipelines.
+    pub parent: Option<(String, String)>,
+    /// The process that executes it.
+    pub owner: String,
+}
+
+/// A stored run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Id.
+    pub id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Pipeline file.
+    pub pipeline_file: String,
+    /// Task working directory.
+    pub base_dir: String,
+    /// The pipeline file's text.
+    #[serde(skip)]
+    pub source: String,
+    /// State.
+    pub state: RunState,
+    /// Params.
+    pub params: serde_json::Value,
+    /// Selected task ids.
+    pub selection: Vec<String>,
+    /// Options.
+    pub options: serde_json::Value,
+    /// Logical date.
+    pub logical_date: String,
+    /// What started it.
+    pub trigger: String,
+    /// Parent run id.
+    pub parent_run_id: Option<String>,
+    /// Parent task id.
+    pub parent_task_id: Option<String>,
+    /// Creation time.
+    pub created_at: Millis,
+    /// End time.
+    pub ended_at: Option<Millis>,
+    /// Executing process.
+    pub owner: Option<String>,
+    /// Last heartbeat of the owner.
+    pub heartbeat_at: Option<Millis>,
+    /// Whether someone asked to cancel it.
+    pub cancel_requested: bool,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+/// A task's state in a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskRunRecord {
+    /// Run id.
+    pub run_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// State.
+    pub state: TaskState,
+    /// Whether its failure stops the run.
+    pub critical: bool,
+    /// Attempts created so far.
+    pub attempts: u32,
+    /// Attempts made before the current try (`cauce retry` starts a fresh budget).
+    pub budget_base: u32,
+    /// First start.
+    pub started_at: Option<Millis>,
+    /// End.
+    pub ended_at: Option<Millis>,
+    /// Output value of the successful attempt.
+    pub output: Option<serde_json::Value>,
+    /// Last error.
+    pub error: Option<String>,
+    /// Metrics of the successful attempt.
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// One attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// Store id.
+    pub id: i64,
+    /// Run id.
+    pub run_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Attempt number, from 1.
+    pub number: u32,
+    /// State.
+    pub state: AttemptState,
+    /// When it may be claimed.
+    pub available_at: Millis,
+    /// Lease holder.
+    pub owner: Option<String>,
+    /// Lease expiry.
+    pub lease_until: Option<Millis>,
+    /// Start.
+    pub started_at: Option<Millis>,
+    /// End.
+    pub ended_at: Option<Millis>,
+    /// Process exit code.
+    pub exit_code: Option<i64>,
+    /// Error.
+    pub error: Option<String>,
+    /// Log file.
+    pub log_path: Option<String>,
+    /// Peak resident memory of its process, KiB.
+    pub peak_rss_kb: Option<i64>,
+    /// User CPU ms.
+    pub cpu_user_ms: Option<i64>,
+    /// System CPU ms.
+    pub cpu_sys_ms: Option<i64>,
+    /// Output value.
+    pub output: Option<serde_json::Value>,
+    /// Metrics.
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// The result of an attempt, as recorded.
+#[derive(Debug, Clone, Default)]
+pub struct AttemptResult {
+    /// Success, failed or cancelled.
+    pub state: Option<AttemptState>,
+    /// Error text (already redacted).
+    pub error: Option<String>,
+    /// Exit code of its process.
+    pub exit_code: Option<i64>,
+    /// Peak memory KiB.
+    pub peak_rss_kb: Option<i64>,
+    /// User CPU ms.
+    pub cpu_user_ms: Option<i64>,
+    /// System CPU ms.
+    pub cpu_sys_ms: Option<i64>,
+    /// Output value.
+    pub output: Option<serde_json::Value>,
+    /// Metrics.
+    pub metrics: Option<serde_json::Value>,
+    /// Log file.
+    pub log_path: Option<String>,
+}
+
+/// What happens to the task after an attempt ends (decided by the engine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Next {
+    /// The task reaches this final state.
+    Final(TaskState),
+    /// Another attempt is queued, claimable at this time; the task is `retrying`.
+    Retry {
+        /// When it may be claimed.
+        available_at: Millis,
+    },
+}
+
+/// The operations the engine, the CLI and (later) the server and workers need.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Which backend (`sqlite` or `postgres`).
+    fn backend(&self) -> &'static str;
+
+    /// Creates a run with its selected tasks, all `pending`.
+    async fn create_run(&self, run: &NewRun, now: Millis) -> StoreResult<()>;
+    /// One run.
+    async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>>;
+    /// Runs, newest first, optionally of one pipeline and one state.
+    async fn list_runs(
+        &self,
+        pipeline: Option<&str>,
+        state: Option<RunState>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunRecord>>;
+    /// The tasks of a run in pipeline order.
+    async fn task_runs(&self, run_id: &str) -> StoreResult<Vec<TaskRunRecord>>;
+    /// The attempts of a run in creation order.
+    async fn attempts(&self, run_id: &str) -> StoreResult<Vec<AttemptRecord>>;
+
+    /// Makes `owner` the executor of a run (start, retry, recovery) and marks it running.
+    async fn take_run(&self, run_id: &str, owner: &str, now: Millis) -> StoreResult<()>;
+    /// Ends a run.
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        state: RunState,
+        error: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Asks for a run to be cancelled; its executor sees the flag. Returns false if the run
+    /// had already ended.
+    async fn request_cancel(&self, run_id: &str) -> StoreResult<bool>;
+
+    /// Moves pending tasks to `queued` and enqueues their next attempt, claimable now.
+    async fn enqueue(&self, run_id: &str, task_ids: &[String], now: Millis) -> StoreResult<()>;
+    /// Sets final states (`skipped`, `cancelled`) on tasks that are not final yet, and
+    /// cancels their queued attempts.
+    async fn finalize_tasks(
+        &self,
+        run_id: &str,
+        updates: &[(String, TaskState, Option<String>)],
+        now: Millis,
+    ) -> StoreResult<()>;
+    /// Resets tasks to `pending` with a fresh retry budget (`cauce retry`).
+    async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()>;
+
+    /// Claims the oldest claimable queued attempt (of one run, or of any), with a lease.
+    async fn claim(
+        &self,
+        run_id: Option<&str>,
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<Option<AttemptRecord>>;
+    /// Extends the leases of `owner`'s running attempts (and the heartbeat of its runs).
+    /// Returns how many leases it extended.
+    async fn heartbeat(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<u64>;
+    /// Records an attempt's result and the task's next step, only if `owner` still holds
+    /// the attempt's lease. Returns false (and changes nothing) otherwise.
+    async fn complete(
+        &self,
+        attempt_id: i64,
+        owner: &str,
+        result: &AttemptResult,
+        next: Next,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Marks `lost` every running attempt whose lease expired or whose owner is listed as
+    /// dead (of one run, or of all), and returns them.
+    async fn expire_leases(
+        &self,
+        run_id: Option<&str>,
+        dead_owners: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>>;
+    /// Applies the next step to a task whose attempt was lost.
+    async fn resolve_lost(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        error: &str,
+        next: Next,
+        now: Millis,
+    ) -> StoreResult<()>;
+}
+
+/// Opens a store from a URL: `sqlite:PATH` (created if missing) or `postgres://...`.
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    Ok(std::sync::Arc::new(sql::SqlStore::open(url).await?))
+}

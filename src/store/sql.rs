@@ -1,0 +1,600 @@
+//! The SQL implementation of [`Store`], one code path for SQLite and PostgreSQL through
+//! sqlx's `Any` driver. The dialects differ only in the schema file, how a write
+//! transaction begins (`BEGIN IMMEDIATE` on SQLite, so writers queue instead of failing),
+//! and `FOR UPDATE SKIP LOCKED` in the claim query on PostgreSQL. Every query binds its
+//! values; none is built from user text.
+
+use super::*;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+const SCHEMA_VERSION: &str = "1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A store on SQLite or PostgreSQL.
+#[derive(Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+const RUN_COLS: &str = "id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, ended_at, owner, heartbeat_at, cancel_requested, error";
+const TASK_COLS: &str = "run_id, task_id, state, critical, attempts, budget_base, started_at, ended_at, output, error, metrics";
+const ATTEMPT_COLS: &str = "id, run_id, task_id, number, state, available_at, owner, lease_until, started_at, ended_at, exit_code, error, log_path, peak_rss_kb, cpu_user_ms, cpu_sys_ms, output, metrics";
+
+impl SqlStore {
+    /// Connects (creating a SQLite file if needed) and brings the schema up to date.
+    pub async fn open(url: &str) -> StoreResult<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.trim_start_matches("//");
+            if path.is_empty() {
+                return Err(StoreError::BadUrl(url.to_string()));
+            }
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+                }
+            }
+            (Dialect::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Dialect::Postgres, url.to_string())
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        let options = match dialect {
+            // One connection per process: SQLite has one writer anyway, and a single
+            // connection keeps in-process writes ordered without busy waits.
+            Dialect::Sqlite => AnyPoolOptions::new()
+                .max_connections(1)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            // WAL with synchronous=NORMAL is durable across a crash of cauce
+                            // (kill -9); only a power loss can lose the last commits.
+                            "PRAGMA synchronous = NORMAL",
+                            "PRAGMA busy_timeout = 30000",
+                            "PRAGMA foreign_keys = ON",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                        Ok(())
+                    })
+                }),
+            Dialect::Postgres => AnyPoolOptions::new().max_connections(8),
+        };
+        let pool = options
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&url)
+            .await?;
+        let store = SqlStore { pool, dialect };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    fn begin_sql(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
+        }
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        let schema = match self.dialect {
+            Dialect::Sqlite => include_str!("migrations/sqlite.sql"),
+            Dialect::Postgres => include_str!("migrations/postgres.sql"),
+        };
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        if self.dialect == Dialect::Postgres {
+            // Two processes starting on a fresh database must not race on CREATE TABLE.
+            sqlx::query("SELECT pg_advisory_xact_lock(7216354)")
+                .execute(&mut *tx)
+                .await?;
+        }
+        for statement in schema.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        let version: Option<String> =
+            sqlx::query("SELECT value FROM cauce_meta WHERE key = 'schema_version'")
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        match version.as_deref() {
+            None => {
+                sqlx::query("INSERT INTO cauce_meta (key, value) VALUES ('schema_version', $1)")
+                    .bind(SCHEMA_VERSION)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "the store has schema version {other}, this cauce knows {SCHEMA_VERSION}; use a cauce that matches"
+                )))
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn json_col(row: &AnyRow, col: &str) -> StoreResult<Option<serde_json::Value>> {
+    let text: Option<String> = row.try_get(col)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("{col}: {e}"))))
+        .transpose()
+}
+
+fn run_from_row(row: &AnyRow) -> StoreResult<RunRecord> {
+    let state: String = row.try_get("state")?;
+    let selection: String = row.try_get("selection")?;
+    Ok(RunRecord {
+        id: row.try_get("id")?,
+        pipeline: row.try_get("pipeline")?,
+        pipeline_file: row.try_get("pipeline_file")?,
+        base_dir: row.try_get("base_dir")?,
+        source: row.try_get("source")?,
+        state: RunState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
+        params: json_col(row, "params")?.unwrap_or_default(),
+        selection: serde_json::from_str(&selection)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        options: json_col(row, "options")?.unwrap_or_default(),
+        logical_date: row.try_get("logical_date")?,
+        trigger: row.try_get("trigger_kind")?,
+        parent_run_id: row.try_get("parent_run_id")?,
+        parent_task_id: row.try_get("parent_task_id")?,
+        created_at: row.try_get("created_at")?,
+        ended_at: row.try_get("ended_at")?,
+        owner: row.try_get("owner")?,
+        heartbeat_at: row.try_get("heartbeat_at")?,
+        cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
+        error: row.try_get("error")?,
+    })
+}
+
+fn task_from_row(row: &AnyRow) -> StoreResult<TaskRunRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(TaskRunRecord {
+        run_id: row.try_get("run_id")?,
+        task_id: row.try_get("task_id")?,
+        state: TaskState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("task state `{state}`")))?,
+        critical: row.try_get::<i64, _>("critical")? != 0,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        budget_base: row.try_get::<i64, _>("budget_base")? as u32,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        output: json_col(row, "output")?,
+        error: row.try_get("error")?,
+        metrics: json_col(row, "metrics")?,
+    })
+}
+
+fn attempt_from_row(row: &AnyRow) -> StoreResult<AttemptRecord> {
+    let state: String = row.try_get("state")?;
+    Ok(AttemptRecord {
+        id: row.try_get("id")?,
+        run_id: row.try_get("run_id")?,
+        task_id: row.try_get("task_id")?,
+        number: row.try_get::<i64, _>("number")? as u32,
+        state: AttemptState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("attempt state `{state}`")))?,
+        available_at: row.try_get("available_at")?,
+        owner: row.try_get("owner")?,
+        lease_until: row.try_get("lease_until")?,
+        started_at: row.try_get("started_at")?,
+        ended_at: row.try_get("ended_at")?,
+        exit_code: row.try_get("exit_code")?,
+        error: row.try_get("error")?,
+        log_path: row.try_get("log_path")?,
+        peak_rss_kb: row.try_get("peak_rss_kb")?,
+        cpu_user_ms: row.try_get("cpu_user_ms")?,
+        cpu_sys_ms: row.try_get("cpu_sys_ms")?,
+        output: json_col(row, "output")?,
+        metrics: json_col(row, "metrics")?,
+    })
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Applies the step after an attempt to its task, inside the caller's transaction.
+async fn apply_next(
+    tx: &mut sqlx::AnyConnection,
+    run_id: &str,
+    task_id: &str,
+    result: &AttemptResult,
+    next: Next,
+    now: Millis,
+) -> StoreResult<()> {
+    let output = result.output.as_ref().map(|v| v.to_string());
+    let metrics = result.metrics.as_ref().map(|v| v.to_string());
+    match next {
+        Next::Final(state) => {
+            sqlx::query("UPDATE task_runs SET state = $1, ended_at = $2, error = $3, output = $4, metrics = $5 WHERE run_id = $6 AND task_id = $7")
+                .bind(state.as_str())
+                .bind(now)
+                .bind(result.error.clone())
+                .bind(output)
+                .bind(metrics)
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Next::Retry { available_at } => {
+            sqlx::query("UPDATE task_runs SET state = 'retrying', attempts = attempts + 1, error = $1 WHERE run_id = $2 AND task_id = $3")
+                .bind(result.error.clone())
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO attempts (run_id, task_id, number, state, available_at) SELECT run_id, task_id, attempts, 'queued', $1 FROM task_runs WHERE run_id = $2 AND task_id = $3")
+                .bind(available_at)
+                .bind(run_id)
+                .bind(task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.dialect {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    async fn create_run(&self, run: &NewRun, now: Millis) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let selection: Vec<&str> = run.tasks.iter().map(|(t, _)| t.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO runs (id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, owner, heartbeat_at, cancel_requested) \
+             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11, $12, $13, $14, $13, 0)",
+        )
+        .bind(&run.id)
+        .bind(&run.pipeline)
+        .bind(&run.pipeline_file)
+        .bind(&run.base_dir)
+        .bind(&run.source)
+        .bind(run.params.to_string())
+        .bind(serde_json::to_string(&selection).unwrap_or_default())
+        .bind(run.options.to_string())
+        .bind(&run.logical_date)
+        .bind(&run.trigger)
+        .bind(run.parent.as_ref().map(|p| p.0.clone()))
+        .bind(run.parent.as_ref().map(|p| p.1.clone()))
+        .bind(now)
+        .bind(&run.owner)
+        .execute(&mut *tx)
+        .await?;
+        for (i, (task, critical)) in run.tasks.iter().enumerate() {
+            sqlx::query("INSERT INTO task_runs (run_id, task_id, position, state, critical) VALUES ($1, $2, $3, 'pending', $4)")
+                .bind(&run.id)
+                .bind(task)
+                .bind(i as i64)
+                .bind(i64::from(*critical))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
+        let row = sqlx::query(&format!("SELECT {RUN_COLS} FROM runs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(run_from_row).transpose()
+    }
+
+    async fn list_runs(
+        &self,
+        pipeline: Option<&str>,
+        state: Option<RunState>,
+        limit: u32,
+    ) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLS} FROM runs WHERE ($1 IS NULL OR pipeline = $1) AND ($2 IS NULL OR state = $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(pipeline.map(String::from))
+        .bind(state.map(|s| s.as_str().to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn task_runs(&self, run_id: &str) -> StoreResult<Vec<TaskRunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLS} FROM task_runs WHERE run_id = $1 ORDER BY position"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(task_from_row).collect()
+    }
+
+    async fn attempts(&self, run_id: &str) -> StoreResult<Vec<AttemptRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ATTEMPT_COLS} FROM attempts WHERE run_id = $1 ORDER BY id"
+        ))
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn take_run(&self, run_id: &str, owner: &str, now: Millis) -> StoreResult<()> {
+        let done = sqlx::query("UPDATE runs SET owner = $1, heartbeat_at = $2, state = 'running', ended_at = NULL, error = NULL, cancel_requested = 0 WHERE id = $3")
+            .bind(owner)
+            .bind(now)
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NoSuchRun(run_id.to_string()));
+        }
+        Ok(())
+    }
+
+    async fn finish_run(
+        &self,
+        run_id: &str,
+        state: RunState,
+        error: Option<&str>,
+        now: Millis,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE runs SET state = $1, ended_at = $2, error = $3 WHERE id = $4")
+            .bind(state.as_str())
+            .bind(now)
+            .bind(error.map(String::from))
+            .bind(run_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn request_cancel(&self, run_id: &str) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND state = 'running'")
+                .bind(run_id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn enqueue(&self, run_id: &str, task_ids: &[String], now: Millis) -> StoreResult<()> {
+        if task_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        for task in task_ids {
+            let moved = sqlx::query("UPDATE task_runs SET state = 'queued', attempts = attempts + 1 WHERE run_id = $1 AND task_id = $2 AND state = 'pending'")
+                .bind(run_id)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+            if moved.rows_affected() == 1 {
+                sqlx::query("INSERT INTO attempts (run_id, task_id, number, state, available_at) SELECT run_id, task_id, attempts, 'queued', $1 FROM task_runs WHERE run_id = $2 AND task_id = $3")
+                    .bind(now)
+                    .bind(run_id)
+                    .bind(task)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn finalize_tasks(
+        &self,
+        run_id: &str,
+        updates: &[(String, TaskState, Option<String>)],
+        now: Millis,
+    ) -> StoreResult<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        for (task, state, error) in updates {
+            sqlx::query("UPDATE task_runs SET state = $1, ended_at = $2, error = COALESCE($3, error) WHERE run_id = $4 AND task_id = $5 AND state NOT IN ('success', 'failed', 'skipped', 'cancelled')")
+                .bind(state.as_str())
+                .bind(now)
+                .bind(error.clone())
+                .bind(run_id)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE attempts SET state = 'cancelled', ended_at = $1 WHERE run_id = $2 AND task_id = $3 AND state = 'queued'")
+                .bind(now)
+                .bind(run_id)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        for task in task_ids {
+            sqlx::query("UPDATE task_runs SET state = 'pending', budget_base = attempts, ended_at = NULL, error = NULL, output = NULL, metrics = NULL WHERE run_id = $1 AND task_id = $2 AND state <> 'success'")
+                .bind(run_id)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE attempts SET state = 'cancelled' WHERE run_id = $1 AND task_id = $2 AND state = 'queued'")
+                .bind(run_id)
+                .bind(task)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        run_id: Option<&str>,
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<Option<AttemptRecord>> {
+        let lock = match self.dialect {
+            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
+             WHERE id = (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) ORDER BY available_at, id LIMIT 1{lock}) \
+             RETURNING {ATTEMPT_COLS}"
+        );
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let row = sqlx::query(&sql)
+            .bind(owner)
+            .bind(now + ms(lease))
+            .bind(now)
+            .bind(run_id.map(String::from))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let attempt = attempt_from_row(&row)?;
+        sqlx::query("UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND task_id = $3")
+            .bind(now)
+            .bind(&attempt.run_id)
+            .bind(&attempt.task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(attempt))
+    }
+
+    async fn heartbeat(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE attempts SET lease_until = $1 WHERE owner = $2 AND state = 'running'",
+        )
+        .bind(now + ms(lease))
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE owner = $2 AND state = 'running'")
+            .bind(now)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn complete(
+        &self,
+        attempt_id: i64,
+        owner: &str,
+        result: &AttemptResult,
+        next: Next,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let row = sqlx::query(
+            "UPDATE attempts SET state = $1, ended_at = $2, error = $3, exit_code = $4, peak_rss_kb = $5, cpu_user_ms = $6, cpu_sys_ms = $7, output = $8, metrics = $9, log_path = $10 \
+             WHERE id = $11 AND owner = $12 AND state = 'running' RETURNING run_id, task_id",
+        )
+        .bind(result.state.unwrap_or(AttemptState::Failed).as_str())
+        .bind(now)
+        .bind(result.error.clone())
+        .bind(result.exit_code)
+        .bind(result.peak_rss_kb)
+        .bind(result.cpu_user_ms)
+        .bind(result.cpu_sys_ms)
+        .bind(result.output.as_ref().map(|v| v.to_string()))
+        .bind(result.metrics.as_ref().map(|v| v.to_string()))
+        .bind(result.log_path.clone())
+        .bind(attempt_id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let run_id: String = row.try_get("run_id")?;
+        let task_id: String = row.try_get("task_id")?;
+        apply_next(&mut tx, &run_id, &task_id, result, next, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn expire_leases(
+        &self,
+        run_id: Option<&str>,
+        dead_owners: &[String],
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        let mut lost = Vec::new();
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let expired = sqlx::query(&format!(
+            "UPDATE attempts SET state = 'lost', ended_at = $1, error = 'lost: the process running it stopped renewing its lease' \
+             WHERE state = 'running' AND lease_until < $1 AND ($2 IS NULL OR run_id = $2) RETURNING {ATTEMPT_COLS}"
+        ))
+        .bind(now)
+        .bind(run_id.map(String::from))
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &expired {
+            lost.push(attempt_from_row(row)?);
+        }
+        for owner in dead_owners {
+            let rows = sqlx::query(&format!(
+                "UPDATE attempts SET state = 'lost', ended_at = $1, error = 'lost: the process running it is gone' \
+                 WHERE state = 'running' AND owner = $2 AND ($3 IS NULL OR run_id = $3) RETURNING {ATTEMPT_COLS}"
+            ))
+            .bind(now)
+            .bind(owner)
+            .bind(run_id.map(String::from))
+            .fetch_all(&mut *tx)
+            .await?;
+            for row in &rows {
+                lost.push(attempt_from_row(row)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(lost)
+    }
+
+    async fn resolve_lost(
+        &self,
+        run_id: &str,
+        task_id: &str,
+        error: &str,
+        next: Next,
+        now: Millis,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let result = AttemptResult {
+            error: Some(error.to_string()),
+            ..Default::default()
+        };
+        apply_next(&mut tx, run_id, task_id, &result, next, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,283 @@
+//! Task kinds: the plug-in point for everything a task can do.
+//!
+//! A kind is one file here: a spec struct read from the task's kind key, a `build` function,
+//! and an implementation of [`TaskKind`]. It is registered by one line in [`KINDS`]. A kind
+//! receives everything it may touch through [`TaskContext`] (ids, cancellation, log file,
+//! template rendering, environment, settings); it returns an output value, metrics and, for
+//! data tasks, a dataset. It never writes to the store: the engine records what it returns.
+
+pub mod exec;
+pub mod http;
+pub mod pipeline;
+pub mod python;
+pub mod run;
+
+use crate::process::{self, LogFile, ProcessStats};
+use crate::spec::error::{Location, SpecError};
+use crate::spec::parse::decode;
+use crate::template::{Escape, RenderVars, Templates};
+use async_trait::async_trait;
+use marked_yaml::Node;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Builds a kind from the value of its key in a task.
+pub type BuildFn = fn(&Node, &BuildContext) -> Result<Arc<dyn TaskKind>, SpecError>;
+
+/// The registry of task kinds: the kind key in a pipeline file, and its build function.
+/// Its order is the order the docs list them in.
+pub const KINDS: &[(&str, BuildFn)] = &[
+    ("run", run::build),
+    ("exec", exec::build),
+    ("python", python::build),
+    ("http", http::build),
+    ("pipeline", pipeline::build),
+];
+
+/// What a build function may use.
+#[derive(Debug)]
+pub struct BuildContext<'a> {
+    /// The pipeline file.
+    pub file: &'a Path,
+    /// Where relative paths resolve.
+    pub base_dir: &'a Path,
+    /// The field path of the kind key (`tasks.x.run`), for errors.
+    pub field: String,
+}
+
+impl BuildContext<'_> {
+    /// Decodes the kind's spec strictly, with located errors.
+    pub fn decode<T: DeserializeOwned>(&self, node: &Node) -> Result<T, SpecError> {
+        decode(node, self.file, &self.field)
+    }
+
+    /// An error about this kind's value.
+    pub fn error(&self, node: &Node, msg: impl Into<String>) -> SpecError {
+        SpecError::new(
+            Location::at(self.file, node.span().start()),
+            Some(self.field.clone()),
+            msg,
+        )
+    }
+}
+
+/// What static checks (`cauce validate`) may use.
+#[derive(Debug, Clone, Default)]
+pub struct CheckContext {
+    /// Python interpreter.
+    pub python: String,
+    /// Extra directories to find Python modules in.
+    pub python_path: Vec<PathBuf>,
+    /// Names of the project's pipelines (for the `pipeline` kind), when in a project.
+    pub pipelines: Option<Vec<String>>,
+}
+
+/// Counters a task reports; the data-plane kinds fill the row and byte counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Rows read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_in: Option<u64>,
+    /// Rows written or produced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_out: Option<u64>,
+    /// Rows rejected (quarantined).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows_rejected: Option<u64>,
+    /// Bytes read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_read: Option<u64>,
+    /// Bytes written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
+}
+
+/// What a successful task returns.
+#[derive(Debug, Clone, Default)]
+pub struct TaskOutput {
+    /// The output value shown in the report (a Python function's returned dict, an HTTP
+    /// status, a child run id...). `Null` when there is nothing to say.
+    pub value: serde_json::Value,
+    /// Counters.
+    pub metrics: Metrics,
+    /// The dataset a data task produced, under the run's data folder.
+    pub dataset: Option<PathBuf>,
+}
+
+/// Why a task did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TaskError {
+    /// It failed; another attempt may succeed.
+    #[error("{0}")]
+    Failed(String),
+    /// It cannot succeed as configured (a template refers to a missing value, a file to
+    /// run is missing); retrying would not help.
+    #[error("{0}")]
+    Invalid(String),
+    /// It was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl TaskError {
+    /// Whether another attempt could succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, TaskError::Failed(_))
+    }
+}
+
+/// Runs another pipeline as a task (implemented by the engine).
+#[async_trait]
+pub trait PipelineRunner: Send + Sync + Debug {
+    /// Runs pipeline `name` with `params` as a child of the calling task; returns the child
+    /// run's id and final state name.
+    async fn run_child(
+        &self,
+        name: &str,
+        params: Vec<(String, String)>,
+        parent: &TaskContext,
+    ) -> Result<(String, crate::state::RunState), TaskError>;
+}
+
+/// A task's only door to the world during one attempt.
+#[derive(Debug)]
+pub struct TaskContext {
+    /// Run id.
+    pub run_id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Task id.
+    pub task_id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Fires on cancellation and timeout; every wait must select on it.
+    pub cancel: CancellationToken,
+    /// The attempt's log file.
+    pub log: Arc<LogFile>,
+    /// Template variables of this attempt.
+    pub vars: RenderVars,
+    /// The template engine.
+    pub templates: Arc<Templates>,
+    /// Environment for child processes: `CAUCE_*`, `CAUCE_PARAM_*` and the task's `env`.
+    pub env: Vec<(String, String)>,
+    /// Working directory (the project root or the pipeline's folder).
+    pub work_dir: PathBuf,
+    /// The run's data folder (datasets).
+    pub data_dir: PathBuf,
+    /// Python interpreter.
+    pub python: String,
+    /// Extra directories for Python imports.
+    pub python_path: Vec<PathBuf>,
+    /// How long a cancelled process group gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    /// Kernel accounting of the last process the task ran.
+    pub process_stats: Mutex<Option<ProcessStats>>,
+    /// Runs child pipelines.
+    pub runner: Option<Arc<dyn PipelineRunner>>,
+}
+
+impl TaskContext {
+    /// Renders a templated field; a template error is not retryable.
+    pub fn render(&self, text: &str, escape: Escape) -> Result<String, TaskError> {
+        self.templates
+            .render(text, escape, &self.vars)
+            .map_err(TaskError::Invalid)
+    }
+
+    /// Runs a process in its own group with the task's environment, recording its stats;
+    /// a non-zero exit is a failure, a cancellation is [`TaskError::Cancelled`].
+    pub async fn run_process(
+        &self,
+        program: &str,
+        args: Vec<String>,
+        extra_env: Vec<(String, String)>,
+    ) -> Result<ProcessStats, TaskError> {
+        let mut env = self.env.clone();
+        env.extend(extra_env);
+        let cmd = process::Command {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env,
+            cwd: self.work_dir.clone(),
+        };
+        let exit = process::run(&cmd, &self.log, &self.cancel, self.kill_grace)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    TaskError::Invalid(format!("program `{program}` not found"))
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    TaskError::Invalid(format!("program `{program}` is not executable"))
+                }
+                _ => TaskError::Failed(format!("could not start `{program}`: {e}")),
+            })?;
+        if let Ok(mut s) = self.process_stats.lock() {
+            *s = Some(exit.stats);
+        }
+        if exit.cancelled {
+            return Err(TaskError::Cancelled);
+        }
+        match (exit.stats.exit_code, exit.stats.signal) {
+            (Some(0), _) => Ok(exit.stats),
+            (Some(code), _) => Err(TaskError::Failed(format!("exited with code {code}"))),
+            (None, Some(sig)) => Err(TaskError::Failed(format!("killed by signal {sig}"))),
+            (None, None) => Err(TaskError::Failed("ended abnormally".into())),
+        }
+    }
+}
+
+/// One kind of task.
+#[async_trait]
+pub trait TaskKind: Send + Sync + Debug {
+    /// One line saying what it does, for `--dry-run` and listings.
+    fn describe(&self) -> String;
+
+    /// Problems `cauce validate` can find without running it (a missing program...).
+    fn check(&self, _cx: &CheckContext, _base_dir: &Path) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Runs one attempt. Must return promptly once `ctx.cancel` fires.
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError>;
+}
+
+/// Resolves a program the way `execvp` would, for static checks: a path with a slash is
+/// checked relative to `base_dir`; a bare name is looked up in `PATH`.
+pub fn check_program(program: &str, base_dir: &Path) -> Option<String> {
+    if program.contains("{{") || program.contains("${") {
+        return None; // decided at run time
+    }
+    if program.contains('/') {
+        let path = base_dir.join(program);
+        return match std::fs::metadata(&path) {
+            Err(_) => Some(format!(
+                "`{program}` does not exist (looked in {})",
+                base_dir.display()
+            )),
+            Ok(m) if !m.is_file() => Some(format!("`{program}` is not a file")),
+            Ok(m) => {
+                use std::os::unix::fs::PermissionsExt;
+                if m.permissions().mode() & 0o111 == 0 {
+                    Some(format!(
+                        "`{program}` is not executable (chmod +x {program})"
+                    ))
+                } else {
+                    None
+                }
+            }
+        };
+    }
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false);
+    if found {
+        None
+    } else {
+        Some(format!("program `{program}` not found in PATH"))
+    }
+}
