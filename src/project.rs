@@ -257,6 +257,52 @@ impl Project {
         parse_pipeline(file, text, &base_dir, &self.settings.defaults)
     }
 
+    /// Reads a pipeline for `cauce validate`: the pipeline built from what parsed, and
+    /// every error found in the file (parse errors and semantic checks together).
+    pub fn check_file(&self, file: &Path) -> (Option<Pipeline>, Vec<SpecError>) {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                return (
+                    None,
+                    vec![SpecError::new(
+                        Location::file(file),
+                        None,
+                        format!("cannot read: {e}"),
+                    )],
+                )
+            }
+        };
+        match crate::spec::parse::parse_pipeline_all(
+            file,
+            &text,
+            &self.base_dir_for(file),
+            &self.settings.defaults,
+        ) {
+            Ok((p, mut errors)) => {
+                errors.extend(crate::spec::check::check_pipeline(
+                    &p,
+                    &self.check_context(),
+                ));
+                errors.sort_by_key(|e| {
+                    (e.location.line.unwrap_or(0), e.location.column.unwrap_or(0))
+                });
+                (Some(p), errors)
+            }
+            Err(e) => (None, e.0),
+        }
+    }
+
+    fn base_dir_for(&self, file: &Path) -> PathBuf {
+        if file.starts_with(&self.root) {
+            self.root.clone()
+        } else {
+            file.parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| self.root.clone())
+        }
+    }
+
     /// Loads every project pipeline; returns those that parsed and the errors of the rest.
     pub fn load_all(&self) -> (Vec<Pipeline>, Vec<SpecError>) {
         let mut ok = Vec::new();

@@ -2,7 +2,6 @@
 //! problems at once (file:line:column, field, message). Exit 2 on any error.
 
 use super::{print_json, Context, UserError};
-use crate::spec::check::check_pipeline;
 use crate::spec::SpecError;
 use clap::Args;
 use std::path::PathBuf;
@@ -42,21 +41,17 @@ pub fn run(cx: Context, args: ValidateArgs) -> anyhow::Result<i32> {
             .map(|t| cx.project.resolve(t).map_err(UserError))
             .collect::<Result<_, _>>()?
     };
-    let check_cx = cx.project.check_context();
     let mut errors: Vec<SpecError> = Vec::new();
     let mut checked = Vec::new();
     for f in &files {
-        match cx.project.load_pipeline(f) {
-            Ok(p) => {
-                let found = check_pipeline(&p, &check_cx);
-                checked.push(serde_json::json!({"pipeline": p.name, "file": f, "tasks": p.tasks.len(), "errors": found.len()}));
-                errors.extend(found);
-            }
-            Err(e) => {
-                checked.push(serde_json::json!({"pipeline": null, "file": f, "errors": e.0.len()}));
-                errors.extend(e.0);
-            }
-        }
+        let (pipeline, found) = cx.project.check_file(f);
+        checked.push(serde_json::json!({
+            "pipeline": pipeline.as_ref().map(|p| p.name.clone()),
+            "file": f,
+            "tasks": pipeline.as_ref().map(|p| p.tasks.len()),
+            "errors": found.len(),
+        }));
+        errors.extend(found);
     }
     if args.json {
         let list: Vec<_> = errors

@@ -256,12 +256,19 @@ pub fn split_simple_command(line: &str) -> Option<Vec<String>> {
         return None;
     }
     let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-    if words.is_empty() {
-        None
-    } else {
-        Some(words)
+    match words.first() {
+        None => None,
+        Some(first) if SHELL_BUILTINS.contains(&first.as_str()) => None,
+        Some(_) => Some(words),
     }
 }
+
+/// Commands that only exist inside a shell (no program of that name to exec).
+const SHELL_BUILTINS: &[&str] = &[
+    ".", ":", "alias", "bg", "break", "cd", "command", "continue", "eval", "exec", "exit",
+    "export", "fg", "getopts", "hash", "jobs", "local", "read", "readonly", "return", "set",
+    "shift", "source", "times", "trap", "type", "ulimit", "umask", "unalias", "unset", "wait",
+];
 
 #[cfg(test)]
 mod tests {
@@ -370,5 +377,10 @@ mod tests {
         assert_eq!(split_simple_command("echo $HOME"), None);
         assert_eq!(split_simple_command("a | b"), None);
         assert_eq!(split_simple_command("echo 'a b'"), None);
+        assert_eq!(
+            split_simple_command("exit 3"),
+            None,
+            "a builtin needs the shell"
+        );
     }
 }

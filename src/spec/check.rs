@@ -3,7 +3,7 @@
 //! cron expressions and time zones, and each task kind's own checks (a program or Python
 //! module that cannot be found).
 
-use super::error::{suggestion, Location, SpecError};
+use super::error::{suggestion, SpecError};
 use super::Pipeline;
 use crate::tasks::CheckContext;
 
@@ -75,7 +75,7 @@ pub fn check_pipeline(p: &Pipeline, cx: &CheckContext) -> Vec<SpecError> {
     if let Some(expr) = &p.schedule {
         if let Err(msg) = crate::schedule::parse_cron(expr) {
             errors.push(SpecError::new(
-                Location::file(&p.file),
+                p.schedule_location.clone(),
                 Some("schedule".into()),
                 msg,
             ));
@@ -84,7 +84,7 @@ pub fn check_pipeline(p: &Pipeline, cx: &CheckContext) -> Vec<SpecError> {
     if let Some(tz) = &p.timezone {
         if tz.parse::<chrono_tz::Tz>().is_err() {
             errors.push(SpecError::new(
-                Location::file(&p.file),
+                p.timezone_location.clone(),
                 Some("timezone".into()),
                 format!("unknown time zone `{tz}`; use an IANA name such as `America/Argentina/Buenos_Aires` or `UTC`"),
             ));

@@ -113,8 +113,12 @@ pub fn did_you_mean<'a>(
 ) -> Option<&'a str> {
     candidates
         .into_iter()
-        .map(|c| (strsim::jaro_winkler(word, c), c))
-        .filter(|(score, _)| *score > 0.8)
+        .map(|c| {
+            let score =
+                strsim::jaro_winkler(word, c).max(strsim::normalized_damerau_levenshtein(word, c));
+            (score, c)
+        })
+        .filter(|(score, _)| *score > 0.66)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
 }
@@ -142,6 +146,7 @@ mod tests {
             Some("depends_on")
         );
         assert_eq!(did_you_mean("zzz", ["retries", "timeout"]), None);
+        assert_eq!(did_you_mean("dya", ["day", "n"]), Some("day"));
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub struct Pipeline {
     pub env: IndexMap<String, String>,
     /// Where the `tasks` key is (for errors about the whole DAG).
     pub tasks_location: Location,
+    /// Where `schedule` and `timezone` are written.
+    pub schedule_location: Location,
+    /// Where `timezone` is written.
+    pub timezone_location: Location,
 }
 
 /// A declared run parameter.

@@ -108,8 +108,8 @@ struct RawTask {
 struct RawTop {
     name: Option<String>,
     description: Option<String>,
-    schedule: Option<String>,
-    timezone: Option<String>,
+    schedule: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
     catchup: Option<bool>,
     max_active_runs: Option<u32>,
     max_workers: Option<usize>,
@@ -368,6 +368,23 @@ pub fn parse_pipeline(
     base_dir: &Path,
     project_defaults: &TaskDefaults,
 ) -> Result<Pipeline, SpecErrors> {
+    let (pipeline, errors) = parse_pipeline_all(file, text, base_dir, project_defaults)?;
+    if errors.is_empty() {
+        Ok(pipeline)
+    } else {
+        Err(SpecErrors(errors))
+    }
+}
+
+/// Like [`parse_pipeline`], but keeps going past field errors: returns the pipeline built
+/// from what parsed together with every error, so that `cauce validate` can also run the
+/// semantic checks. Fails only when the file cannot be read as a pipeline at all.
+pub fn parse_pipeline_all(
+    file: &Path,
+    text: &str,
+    base_dir: &Path,
+    project_defaults: &TaskDefaults,
+) -> Result<(Pipeline, Vec<SpecError>), SpecErrors> {
     let root = parse_tree(file, text)?;
     let Some(map) = root.as_mapping() else {
         return Err(SpecError::new(
@@ -378,7 +395,8 @@ pub fn parse_pipeline(
         .into());
     };
     if super::seed001::is_seed001(&root) {
-        return super::seed001::convert(&root, file, text, base_dir, project_defaults);
+        return super::seed001::convert(&root, file, text, base_dir, project_defaults)
+            .map(|p| (p, Vec::new()));
     }
     let mut errors: Vec<SpecError> = Vec::new();
 
@@ -456,22 +474,29 @@ pub fn parse_pipeline(
         }
     };
 
-    if !errors.is_empty() {
-        return Err(SpecErrors(errors));
-    }
     let name = top.name.unwrap_or_else(|| {
         file.file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "pipeline".into())
     });
-    Ok(Pipeline {
+    let pipeline = Pipeline {
         name,
         file: file.to_path_buf(),
         base_dir: base_dir.to_path_buf(),
         source: text.to_string(),
         description: top.description,
-        schedule: top.schedule,
-        timezone: top.timezone,
+        schedule_location: top
+            .schedule
+            .as_ref()
+            .map(|s| spanned_loc(file, s))
+            .unwrap_or_else(|| Location::file(file)),
+        timezone_location: top
+            .timezone
+            .as_ref()
+            .map(|s| spanned_loc(file, s))
+            .unwrap_or_else(|| Location::file(file)),
+        schedule: top.schedule.map(|s| s.as_str().to_string()),
+        timezone: top.timezone.map(|s| s.as_str().to_string()),
         catchup: top.catchup.unwrap_or(false),
         max_active_runs: top.max_active_runs,
         max_workers: top.max_workers,
@@ -480,7 +505,8 @@ pub fn parse_pipeline(
         tasks,
         env: top.env.unwrap_or_default(),
         tasks_location,
-    })
+    };
+    Ok((pipeline, errors))
 }
 
 fn parse_params(node: &Node, file: &Path, errors: &mut Vec<SpecError>) -> IndexMap<String, Param> {

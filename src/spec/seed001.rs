@@ -238,6 +238,8 @@ pub fn convert(
         tasks,
         env: IndexMap::new(),
         tasks_location: Location::at(file, task_nodes.span().start()),
+        schedule_location: Location::file(file),
+        timezone_location: Location::file(file),
     })
 }
 

@@ -114,6 +114,8 @@ fn search_dirs(base_dir: &Path, python_path: &[PathBuf]) -> Vec<PathBuf> {
     if let Ok(cwd) = std::env::current_dir() {
         dirs.push(cwd);
     }
+    let mut seen = std::collections::HashSet::new();
+    dirs.retain(|d| seen.insert(std::fs::canonicalize(d).unwrap_or_else(|_| d.clone())));
     dirs
 }
 

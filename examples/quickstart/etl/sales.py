@@ -43,7 +43,7 @@ def summarize(day):
             totals[row["region"]] += row["amount"]
             counts[row["region"]] += 1
     with open(os.path.join(_data_dir(), "summary.csv"), "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["day", "region", "orders", "total"])
         for region in sorted(totals):
             w.writerow([day, region, counts[region], f"{totals[region]:.2f}"])

@@ -1,0 +1,372 @@
+//! The store conformance suite: the same tests against SQLite and against the PostgreSQL
+//! server on localhost (`CAUCE_TEST_PG`, default postgres://postgres@127.0.0.1:5432/test),
+//! each PostgreSQL test in a schema of its own.
+
+use cauce::state::{AttemptState, RunState, TaskState};
+use cauce::store::{self, AttemptResult, NewRun, Next, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn pg_url() -> String {
+    std::env::var("CAUCE_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+struct Backend {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}", dir.path().join("state.db").display());
+    Backend {
+        store: store::open(&url).await.unwrap(),
+        _dir: Some(dir),
+    }
+}
+
+/// A fresh schema on the test PostgreSQL server; the store connects with it as search_path.
+pub async fn postgres_url() -> String {
+    sqlx::any::install_default_drivers();
+    let base = pg_url();
+    let schema = format!(
+        "cauce_test_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let pool = sqlx::AnyPool::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL must be running for these tests ({base}): {e}"));
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+async fn postgres() -> Backend {
+    Backend {
+        store: store::open(&postgres_url().await).await.unwrap(),
+        _dir: None,
+    }
+}
+
+fn new_run(id: &str, tasks: &[&str]) -> NewRun {
+    NewRun {
+        id: id.into(),
+        pipeline: "p".into(),
+        pipeline_file: "p.yaml".into(),
+        base_dir: ".".into(),
+        source: "tasks: {}".into(),
+        params: serde_json::json!({"day": "2024-01-01"}),
+        tasks: tasks.iter().map(|t| (t.to_string(), true)).collect(),
+        options: serde_json::json!({"max_workers": 2}),
+        logical_date: "2024-01-01T00:00:00Z".into(),
+        trigger: "manual".into(),
+        parent: None,
+        owner: "me".into(),
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn runs_round_trip(s: &dyn Store) {
+    s.create_run(&new_run("r1", &["a", "b"]), 1000)
+        .await
+        .unwrap();
+    let r = s.get_run("r1").await.unwrap().unwrap();
+    assert_eq!(r.state, RunState::Running);
+    assert_eq!(r.params["day"], "2024-01-01");
+    assert_eq!(r.selection, vec!["a", "b"]);
+    let tasks = s.task_runs("r1").await.unwrap();
+    assert_eq!(
+        tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert!(tasks.iter().all(|t| t.state == TaskState::Pending));
+    s.finish_run("r1", RunState::Partial, Some("x"), 2000)
+        .await
+        .unwrap();
+    let r = s.get_run("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.ended_at, r.error.as_deref()),
+        (RunState::Partial, Some(2000), Some("x"))
+    );
+    assert!(s.get_run("nope").await.unwrap().is_none());
+    s.create_run(&new_run("r2", &["a"]), 3000).await.unwrap();
+    let listed = s.list_runs(None, None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        vec!["r2", "r1"]
+    );
+    let partial = s
+        .list_runs(Some("p"), Some(RunState::Partial), 10)
+        .await
+        .unwrap();
+    assert_eq!(partial.len(), 1);
+    assert!(
+        !s.request_cancel("r1").await.unwrap(),
+        "an ended run cannot be cancelled"
+    );
+    assert!(s.request_cancel("r2").await.unwrap());
+    assert!(s.get_run("r2").await.unwrap().unwrap().cancel_requested);
+}
+
+async fn queue_claim_complete(s: &dyn Store) {
+    s.create_run(&new_run("q1", &["a", "b"]), 0).await.unwrap();
+    assert!(
+        s.claim(Some("q1"), "w1", LEASE, 10)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing enqueued yet"
+    );
+    s.enqueue("q1", &["a".into(), "b".into()], 10)
+        .await
+        .unwrap();
+    // Enqueuing twice does not duplicate attempts.
+    s.enqueue("q1", &["a".into()], 11).await.unwrap();
+    let a = s.claim(Some("q1"), "w1", LEASE, 20).await.unwrap().unwrap();
+    let b = s.claim(Some("q1"), "w2", LEASE, 20).await.unwrap().unwrap();
+    assert_eq!(
+        (a.task_id.as_str(), a.number, a.state),
+        ("a", 1, AttemptState::Running)
+    );
+    assert_eq!(b.task_id, "b");
+    assert!(s
+        .claim(Some("q1"), "w1", LEASE, 20)
+        .await
+        .unwrap()
+        .is_none());
+    let ok = AttemptResult {
+        state: Some(AttemptState::Success),
+        output: Some(serde_json::json!({"rows": 3})),
+        exit_code: Some(0),
+        peak_rss_kb: Some(1234),
+        ..Default::default()
+    };
+    // Only the lease holder may complete.
+    assert!(!s
+        .complete(a.id, "w2", &ok, Next::Final(TaskState::Success), 30)
+        .await
+        .unwrap());
+    assert!(s
+        .complete(a.id, "w1", &ok, Next::Final(TaskState::Success), 30)
+        .await
+        .unwrap());
+    // Completing twice is rejected (idempotent recording).
+    assert!(!s
+        .complete(a.id, "w1", &ok, Next::Final(TaskState::Success), 31)
+        .await
+        .unwrap());
+    let tasks = s.task_runs("q1").await.unwrap();
+    assert_eq!(tasks[0].state, TaskState::Success);
+    assert_eq!(tasks[0].output, Some(serde_json::json!({"rows": 3})));
+    assert_eq!(tasks[1].state, TaskState::Running);
+    let attempts = s.attempts("q1").await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].peak_rss_kb, Some(1234));
+}
+
+async fn retries_wait_for_their_time(s: &dyn Store) {
+    s.create_run(&new_run("t1", &["a"]), 0).await.unwrap();
+    s.enqueue("t1", &["a".into()], 0).await.unwrap();
+    let a1 = s.claim(Some("t1"), "w", LEASE, 0).await.unwrap().unwrap();
+    let failed = AttemptResult {
+        state: Some(AttemptState::Failed),
+        error: Some("boom".into()),
+        exit_code: Some(1),
+        ..Default::default()
+    };
+    assert!(s
+        .complete(a1.id, "w", &failed, Next::Retry { available_at: 500 }, 100)
+        .await
+        .unwrap());
+    assert_eq!(
+        s.task_runs("t1").await.unwrap()[0].state,
+        TaskState::Retrying
+    );
+    assert!(
+        s.claim(Some("t1"), "w", LEASE, 499)
+            .await
+            .unwrap()
+            .is_none(),
+        "not before its delay"
+    );
+    let a2 = s.claim(Some("t1"), "w", LEASE, 500).await.unwrap().unwrap();
+    assert_eq!(a2.number, 2);
+    let t = &s.task_runs("t1").await.unwrap()[0];
+    assert_eq!((t.state, t.attempts), (TaskState::Running, 2));
+}
+
+async fn leases_expire_and_late_results_are_rejected(s: &dyn Store) {
+    s.create_run(&new_run("l1", &["a", "b"]), 0).await.unwrap();
+    s.enqueue("l1", &["a".into(), "b".into()], 0).await.unwrap();
+    let a = s
+        .claim(Some("l1"), "dead", Duration::from_millis(100), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let b = s
+        .claim(Some("l1"), "alive", Duration::from_millis(100), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    // "alive" heartbeats, "dead" does not.
+    assert_eq!(
+        s.heartbeat("alive", Duration::from_millis(1000), 90)
+            .await
+            .unwrap(),
+        1
+    );
+    let lost = s.expire_leases(None, &[], 200).await.unwrap();
+    assert_eq!(lost.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a.id]);
+    assert_eq!(lost[0].state, AttemptState::Lost);
+    let late = AttemptResult {
+        state: Some(AttemptState::Success),
+        ..Default::default()
+    };
+    assert!(
+        !s.complete(a.id, "dead", &late, Next::Final(TaskState::Success), 300)
+            .await
+            .unwrap(),
+        "late result of a lost lease"
+    );
+    assert!(s
+        .complete(b.id, "alive", &late, Next::Final(TaskState::Success), 300)
+        .await
+        .unwrap());
+    s.resolve_lost("l1", "a", "lost", Next::Retry { available_at: 300 }, 300)
+        .await
+        .unwrap();
+    let again = s
+        .claim(Some("l1"), "alive", LEASE, 300)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.task_id.as_str(), again.number), ("a", 2));
+    // An owner known to be dead loses its attempts at once, lease or not.
+    let lost = s
+        .expire_leases(Some("l1"), &["alive".to_string()], 301)
+        .await
+        .unwrap();
+    assert_eq!(lost.len(), 1);
+}
+
+async fn finalize_and_reset(s: &dyn Store) {
+    s.create_run(&new_run("f1", &["a", "b", "c"]), 0)
+        .await
+        .unwrap();
+    s.enqueue("f1", &["a".into(), "b".into()], 0).await.unwrap();
+    let a = s.claim(Some("f1"), "w", LEASE, 0).await.unwrap().unwrap();
+    let ok = AttemptResult {
+        state: Some(AttemptState::Success),
+        ..Default::default()
+    };
+    s.complete(a.id, "w", &ok, Next::Final(TaskState::Success), 1)
+        .await
+        .unwrap();
+    s.finalize_tasks(
+        "f1",
+        &[
+            ("a".into(), TaskState::Cancelled, None),
+            (
+                "b".into(),
+                TaskState::Cancelled,
+                Some("run cancelled".into()),
+            ),
+            ("c".into(), TaskState::Skipped, Some("upstream".into())),
+        ],
+        2,
+    )
+    .await
+    .unwrap();
+    let t = s.task_runs("f1").await.unwrap();
+    assert_eq!(
+        t[0].state,
+        TaskState::Success,
+        "final states are not overwritten"
+    );
+    assert_eq!(t[1].state, TaskState::Cancelled);
+    assert_eq!(t[2].state, TaskState::Skipped);
+    assert!(
+        s.claim(Some("f1"), "w", LEASE, 3).await.unwrap().is_none(),
+        "queued attempt of a cancelled task is gone"
+    );
+    s.reset_tasks("f1", &["a".into(), "b".into(), "c".into()])
+        .await
+        .unwrap();
+    let t = s.task_runs("f1").await.unwrap();
+    assert_eq!(t[0].state, TaskState::Success);
+    assert_eq!(
+        (t[1].state, t[1].budget_base, t[1].error.as_deref()),
+        (TaskState::Pending, 1, None)
+    );
+    s.take_run("f1", "other", 5).await.unwrap();
+    assert_eq!(
+        s.get_run("f1").await.unwrap().unwrap().owner.as_deref(),
+        Some("other")
+    );
+}
+
+async fn concurrent_claims_never_share_an_attempt(s: Arc<dyn Store>) {
+    let tasks: Vec<String> = (0..40).map(|i| format!("t{i}")).collect();
+    let refs: Vec<&str> = tasks.iter().map(|s| s.as_str()).collect();
+    s.create_run(&new_run("c1", &refs), 0).await.unwrap();
+    s.enqueue("c1", &tasks, 0).await.unwrap();
+    let mut handles = Vec::new();
+    for w in 0..4 {
+        let s = Arc::clone(&s);
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(a) = s.claim(None, &format!("w{w}"), LEASE, 1).await.unwrap() {
+                got.push(a.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(
+        (n, all.len()),
+        (40, 40),
+        "each attempt claimed exactly once"
+    );
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod sqlite_backend {
+            use super::*;
+            $(#[tokio::test] async fn $name() { let b = sqlite().await; super::$name(b.store.as_ref()).await; })*
+            #[tokio::test] async fn concurrent_claims() { let b = sqlite().await; super::concurrent_claims_never_share_an_attempt(b.store.clone()).await; }
+        }
+        mod postgres_backend {
+            use super::*;
+            $(#[tokio::test] async fn $name() { let b = postgres().await; super::$name(b.store.as_ref()).await; })*
+            #[tokio::test] async fn concurrent_claims() { let b = postgres().await; super::concurrent_claims_never_share_an_attempt(b.store.clone()).await; }
+        }
+    };
+}
+
+conformance!(
+    runs_round_trip,
+    queue_claim_complete,
+    retries_wait_for_their_time,
+    leases_expire_and_late_results_are_rejected,
+    finalize_and_reset
+);
+
+#[tokio::test]
+async fn bad_store_urls_are_explained() {
+    let e = store::open("mysql://x").await.unwrap_err().to_string();
+    assert!(e.contains("sqlite:") && e.contains("postgres://"), "{e}");
+}
