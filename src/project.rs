@@ -40,8 +40,6 @@ pub struct Settings {
     pub pipelines_dir: PathBuf,
     /// Task defaults for every pipeline.
     pub defaults: TaskDefaults,
-    /// Days to keep the logs and data of finished runs (0 keeps everything).
-    pub retention_days: u32,
 }
 
 impl Default for Settings {
@@ -59,7 +57,6 @@ impl Default for Settings {
             kill_grace: Duration::from_secs(5),
             pipelines_dir: PathBuf::from("pipelines"),
             defaults: TaskDefaults::default(),
-            retention_days: 0,
         }
     }
 }
@@ -75,7 +72,6 @@ struct RawSettings {
     lease: Option<String>,
     kill_grace: Option<String>,
     pipelines_dir: Option<String>,
-    retention_days: Option<u32>,
 }
 
 /// A project (or a lone pipeline file's folder).
@@ -390,7 +386,6 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     if let Some(d) = raw.pipelines_dir {
         s.pipelines_dir = PathBuf::from(d);
     }
-    s.retention_days = raw.retention_days.unwrap_or(0);
     if let Some(n) = &defaults_node {
         match parse_defaults(n, file, "defaults") {
             Ok(d) => s.defaults = d,
