@@ -236,8 +236,7 @@ impl Project {
 
     /// Reads and parses one pipeline file.
     pub fn load_pipeline(&self, file: &Path) -> Result<Pipeline, SpecErrors> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| SpecError::new(Location::file(file), None, format!("cannot read: {e}")))?;
+        let text = read_spec_file(file)?;
         self.parse_pipeline_text(file, &text)
     }
 
@@ -327,9 +326,24 @@ impl Project {
     }
 }
 
+/// The largest pipeline or settings file cauce reads (a guard against a wrong path to a
+/// data file, which would otherwise be read whole into memory).
+pub const MAX_SPEC_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+fn read_spec_file(file: &Path) -> Result<String, SpecError> {
+    let err = |msg: String| SpecError::new(Location::file(file), None, msg);
+    let meta = std::fs::metadata(file).map_err(|e| err(format!("cannot read: {e}")))?;
+    if meta.len() > MAX_SPEC_FILE_BYTES {
+        return Err(err(format!(
+            "file is {} bytes; pipeline files may be at most {MAX_SPEC_FILE_BYTES} bytes",
+            meta.len()
+        )));
+    }
+    std::fs::read_to_string(file).map_err(|e| err(format!("cannot read: {e}")))
+}
+
 fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| SpecError::new(Location::file(file), None, format!("cannot read: {e}")))?;
+    let text = read_spec_file(file)?;
     let root = parse_tree(file, &text)?;
     let Some(map) = root.as_mapping() else {
         return Err(SpecError::new(

@@ -220,8 +220,17 @@ pub enum Readiness {
 }
 
 impl Trigger {
-    /// The names accepted in pipeline files.
-    pub const NAMES: [&'static str; 3] = ["all_success", "all_done", "one_failed"];
+    /// Every trigger rule.
+    pub const ALL: [Trigger; 3] = [Trigger::AllSuccess, Trigger::AllDone, Trigger::OneFailed];
+
+    /// The name written in pipeline files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::AllSuccess => "all_success",
+            Trigger::AllDone => "all_done",
+            Trigger::OneFailed => "one_failed",
+        }
+    }
 
     /// Decides whether a task with this trigger can start.
     pub fn evaluate(self, upstream: impl IntoIterator<Item = TaskState>) -> Readiness {

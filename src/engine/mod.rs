@@ -358,6 +358,11 @@ impl Engine {
             .map(|r| (r.task_id.clone(), r.critical))
             .collect();
         let order: Vec<String> = records.iter().map(|r| r.task_id.clone()).collect();
+        let position: HashMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
         // Downstream edges within the selection.
         let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
         for id in &order {
@@ -373,6 +378,29 @@ impl Engine {
                 }
             }
         }
+        // Every event is also a structured log line (`CAUCE_LOG=info`, `--log-format json`).
+        let run_id_for_log = run.id.clone();
+        let events: EventSink = Arc::new(move |e: Event| {
+            match &e {
+                Event::Started { task, attempt } => {
+                    tracing::info!(run = %run_id_for_log, task = %task, attempt, "task started")
+                }
+                Event::Retrying {
+                    task,
+                    attempt,
+                    delay,
+                    error,
+                } => {
+                    tracing::warn!(run = %run_id_for_log, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
+                }
+                Event::Finished {
+                    task, state, error, ..
+                } => {
+                    tracing::info!(run = %run_id_for_log, task = %task, state = %state, error = error.as_deref().unwrap_or(""), "task finished")
+                }
+            }
+            events(e);
+        });
         let runner: Arc<dyn PipelineRunner> = Arc::new(ChildRunner {
             engine: self.clone(),
             depth: run.depth,
@@ -426,7 +454,7 @@ impl Engine {
                                 .map(|d| d.as_str())
                                 .collect();
                             let why = if failed.is_empty() {
-                                format!("trigger `{:?}` not met", task.trigger)
+                                format!("trigger `{}` not met", task.trigger.as_str())
                             } else {
                                 format!("upstream did not succeed: {}", failed.join(", "))
                             };
@@ -451,7 +479,7 @@ impl Engine {
                 }
                 if !ready.is_empty() {
                     // Keep file order so that equal tasks start in the order written.
-                    ready.sort_by_key(|id| order.iter().position(|o| o == id));
+                    ready.sort_by_key(|id| position.get(id.as_str()).copied());
                     store.enqueue(&run.id, &ready, now_ms()).await?;
                     for id in ready {
                         states.insert(id, TaskState::Queued);

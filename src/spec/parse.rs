@@ -283,30 +283,41 @@ fn duration_field(
     }
 }
 
+/// Reads one of a fixed set of names (a trigger rule, a backoff kind).
+fn choice_field<T: Copy>(
+    file: &Path,
+    field: &str,
+    what: &str,
+    value: &Option<Spanned<String>>,
+    choices: &[(&str, T)],
+    errors: &mut Vec<SpecError>,
+) -> Option<T> {
+    let v = value.as_ref()?;
+    if let Some((_, t)) = choices.iter().find(|(name, _)| *name == v.as_str()) {
+        return Some(*t);
+    }
+    let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+    errors.push(SpecError::new(
+        spanned_loc(file, v),
+        Some(field.into()),
+        format!(
+            "unknown {what} `{}`{}; expected one of: {}",
+            v.as_str(),
+            suggestion(v.as_str(), names.iter().copied()),
+            names.join(", ")
+        ),
+    ));
+    None
+}
+
 fn trigger_field(
     file: &Path,
     field: &str,
     value: &Option<Spanned<String>>,
     errors: &mut Vec<SpecError>,
 ) -> Option<Trigger> {
-    let v = value.as_ref()?;
-    Some(match v.as_str() {
-        "all_success" => Trigger::AllSuccess,
-        "all_done" => Trigger::AllDone,
-        "one_failed" => Trigger::OneFailed,
-        other => {
-            errors.push(SpecError::new(
-                spanned_loc(file, v),
-                Some(field.into()),
-                format!(
-                    "unknown trigger `{other}`{}; expected one of: {}",
-                    suggestion(other, Trigger::NAMES),
-                    Trigger::NAMES.join(", ")
-                ),
-            ));
-            return None;
-        }
-    })
+    let choices = Trigger::ALL.map(|t| (t.as_str(), t));
+    choice_field(file, field, "trigger", value, &choices, errors)
 }
 
 fn backoff_field(
@@ -315,22 +326,11 @@ fn backoff_field(
     value: &Option<Spanned<String>>,
     errors: &mut Vec<SpecError>,
 ) -> Option<Backoff> {
-    let v = value.as_ref()?;
-    Some(match v.as_str() {
-        "fixed" => Backoff::Fixed,
-        "exponential" => Backoff::Exponential,
-        other => {
-            errors.push(SpecError::new(
-                spanned_loc(file, v),
-                Some(field.into()),
-                format!(
-                    "unknown backoff `{other}`{}; expected `fixed` or `exponential`",
-                    suggestion(other, ["fixed", "exponential"])
-                ),
-            ));
-            return None;
-        }
-    })
+    let choices = [
+        ("fixed", Backoff::Fixed),
+        ("exponential", Backoff::Exponential),
+    ];
+    choice_field(file, field, "backoff", value, &choices, errors)
 }
 
 /// Reads a `defaults` block (of a pipeline or of `cauce.yaml`).

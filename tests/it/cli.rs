@@ -76,23 +76,7 @@ fn unknown_keys_and_bad_yaml_are_located() {
 fn init_creates_a_project_that_runs() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("demo");
-    let out = std::process::Command::new(bin())
-        .arg("init")
-        .arg(&target)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let demo = target.to_str().unwrap();
-    let cauce = |args: &[&str]| {
-        Run::from(
-            std::process::Command::new(bin())
-                .arg("--project")
-                .arg(demo)
-                .args(args)
-                .output()
-                .unwrap(),
-        )
-    };
+    let cauce = init_project(&target);
     let r = cauce(&["validate"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = cauce(&["run", "daily_sales", "-p", "region=sur"]);

@@ -48,26 +48,9 @@ fn python_functions_return_their_output_into_the_report() {
 fn the_seed_001_config_runs_as_it_is() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("demo");
-    assert!(std::process::Command::new(bin())
-        .arg("init")
-        .arg(&target)
-        .status()
-        .unwrap()
-        .success());
-    let demo = target.to_str().unwrap();
+    let cauce = init_project(&target);
     let config = target.join("etl_config.json");
     let config = config.to_str().unwrap();
-    let cauce = |args: &[&str]| {
-        Run::from(
-            std::process::Command::new(bin())
-                .arg("--project")
-                .arg(demo)
-                .args(args)
-                .output()
-                .unwrap(),
-        )
-    };
-    let _keep = dir;
     let r = cauce(&["validate", "--config", config]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = cauce(&["list", "workflows", "--config", config]);

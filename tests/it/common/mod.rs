@@ -174,3 +174,27 @@ pub fn latest_run(p: &Project) -> String {
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     v[0]["id"].as_str().unwrap().to_string()
 }
+
+/// Runs `cauce init DIR` and returns a runner of `cauce --project DIR ...`.
+pub fn init_project(target: &Path) -> impl Fn(&[&str]) -> Run + '_ {
+    let out = Command::new(bin())
+        .arg("init")
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    move |args: &[&str]| {
+        Run::from(
+            Command::new(bin())
+                .arg("--project")
+                .arg(target)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    }
+}
