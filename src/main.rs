@@ -20,6 +20,7 @@ fn main() -> ExitCode {
     };
     let code = match runtime.block_on(cauce::cli::run(cli)) {
         Ok(code) => code,
+        Err(err) if cauce::cli::is_broken_pipe(&err) => 0,
         Err(err) => {
             let code = cauce::cli::exit_code_for(&err);
             if err.downcast_ref::<cauce::spec::SpecErrors>().is_some() {

@@ -155,6 +155,12 @@ impl Project {
             }
         }
         match &self.settings.store {
+            // A relative SQLite path in cauce.yaml is relative to the project, not to
+            // wherever cauce was started from.
+            Some(u) if u.starts_with("sqlite:") => {
+                let path = u.trim_start_matches("sqlite:").trim_start_matches("//");
+                format!("sqlite:{}", self.root.join(path).display())
+            }
             Some(u) if u != "sqlite" => u.clone(),
             _ => format!("sqlite:{}", self.state_dir().join("state.db").display()),
         }
@@ -455,9 +461,8 @@ pub fn resolve_params(
             }
         }
     }
-    for (name, param) in &p.params {
+    for name in p.params.keys() {
         if !out.contains_key(name) {
-            let _ = param;
             return Err(format!(
                 "param `{name}` is required (it has no default); give it with -p {name}=VALUE"
             ));

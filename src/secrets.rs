@@ -17,6 +17,7 @@ pub const MIN_SECRET_LEN: usize = 4;
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     values: Arc<RwLock<BTreeSet<String>>>,
+    version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Secrets {
@@ -24,9 +25,17 @@ impl Secrets {
     pub fn add(&self, value: &str) {
         if value.len() >= MIN_SECRET_LEN {
             if let Ok(mut v) = self.values.write() {
-                v.insert(value.to_string());
+                if v.insert(value.to_string()) {
+                    self.version
+                        .fetch_add(1, std::sync::atomic::Ordering::Release);
+                }
             }
         }
+    }
+
+    /// Changes whenever a new secret is added; lets holders of a [`Redactor`] rebuild it.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A redactor for the values known now.
@@ -42,6 +51,25 @@ impl Secrets {
     /// Masks every known secret in `text`.
     pub fn redact(&self, text: &str) -> String {
         self.redactor().redact_str(text)
+    }
+
+    /// Masks every known secret in the strings of a JSON value (a task's output).
+    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        let r = self.redactor();
+        fn walk(v: &Value, r: &Redactor) -> Value {
+            match v {
+                Value::String(s) => Value::String(r.redact_str(s)),
+                Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, r)).collect()),
+                Value::Object(o) => Value::Object(
+                    o.iter()
+                        .map(|(k, x)| (r.redact_str(k), walk(x, r)))
+                        .collect(),
+                ),
+                other => other.clone(),
+            }
+        }
+        walk(value, &r)
     }
 }
 

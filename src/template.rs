@@ -73,6 +73,12 @@ impl Templates {
             }
         });
         env.set_formatter(|out, state, value| {
+            // Booleans as YAML, JSON and shells spell them, not Python's True/False.
+            if value.kind() == minijinja::value::ValueKind::Bool {
+                return out
+                    .write_str(if value.is_true() { "true" } else { "false" })
+                    .map_err(minijinja::Error::from);
+            }
             if state.auto_escape() == AutoEscape::Custom("shell") {
                 let text = if value.is_none() || value.is_undefined() {
                     String::new()
@@ -252,6 +258,22 @@ mod tests {
             t.render("echo $${HOME} $HOME", Escape::Shell, &vars())
                 .unwrap(),
             "echo ${HOME} $HOME"
+        );
+    }
+
+    #[test]
+    fn booleans_render_lowercase() {
+        let t = Templates::new(Secrets::default());
+        let mut v = vars();
+        v.params.insert("flag".into(), serde_json::json!(true));
+        assert_eq!(
+            t.render("--full={{ params.flag }}", Escape::Shell, &v)
+                .unwrap(),
+            "--full=true"
+        );
+        assert_eq!(
+            t.render("{{ params.flag }}", Escape::Plain, &v).unwrap(),
+            "true"
         );
     }
 

@@ -4,7 +4,7 @@
 
 use super::inspect::resolve_run_id;
 use super::{Context, UserError};
-use crate::engine::owner_is_dead;
+use crate::engine::run_is_orphaned;
 use crate::state::{RunState, TaskState};
 use crate::store::now_ms;
 use clap::Args;
@@ -31,10 +31,7 @@ pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
     if run.state.is_final() {
         return Err(UserError(format!("run {id} already ended ({})", run.state)).into());
     }
-    let orphan = run.owner.as_deref().is_none_or(owner_is_dead)
-        || run
-            .heartbeat_at
-            .is_none_or(|h| now_ms() - h > 2 * svc.project.settings.lease.as_millis() as i64);
+    let orphan = run_is_orphaned(&run, svc.project.settings.lease, now_ms());
     if orphan {
         let now = now_ms();
         let owners: Vec<String> = run.owner.iter().cloned().collect();
@@ -61,11 +58,11 @@ pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
                 now,
             )
             .await?;
-        println!("run {id} cancelled (no live process was executing it)");
+        outln!("run {id} cancelled (no live process was executing it)");
         return Ok(0);
     }
     store.request_cancel(&id).await?;
-    println!("cancel requested for run {id}");
+    outln!("cancel requested for run {id}");
     if args.no_wait {
         return Ok(0);
     }
@@ -74,12 +71,12 @@ pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
     while tokio::time::Instant::now() < deadline {
         if let Some(r) = store.get_run(&id).await? {
             if r.state.is_final() {
-                println!("run {id} {}", r.state);
+                outln!("run {id} {}", r.state);
                 return Ok(0);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("run {id} has not stopped yet; check with `cauce status {id}`");
+    outln!("run {id} has not stopped yet; check with `cauce status {id}`");
     Ok(1)
 }

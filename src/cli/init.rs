@@ -76,9 +76,9 @@ pub fn run(args: &InitArgs) -> anyhow::Result<i32> {
         std::fs::write(&target, text)?;
     }
     let dir = args.dir.display();
-    println!("created a cauce project in {dir}");
-    println!("  run it:        cauce --project {dir} run daily_sales");
-    println!("  seed-001 JSON: cauce --project {dir} run --config {dir}/etl_config.json --workflow full_etl");
-    println!("  see runs:      cauce --project {dir} runs");
+    outln!("created a cauce project in {dir}");
+    outln!("  run it:        cauce --project {dir} run daily_sales");
+    outln!("  seed-001 JSON: cauce --project {dir} run --config {dir}/etl_config.json --workflow full_etl");
+    outln!("  see runs:      cauce --project {dir} runs");
     Ok(0)
 }

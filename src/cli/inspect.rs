@@ -60,15 +60,16 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// Turns `latest` (or a unique prefix) into a run id.
+/// Turns a run id, or `latest` (the newest run started by a user or a schedule, not a
+/// child run of a `pipeline` task), into a run id that exists.
 pub async fn resolve_run_id(store: &dyn Store, arg: &str) -> anyhow::Result<String> {
     if arg == "latest" {
-        return store
-            .list_runs(None, None, 1)
-            .await?
-            .into_iter()
-            .next()
-            .map(|r| r.id)
+        let recent = store.list_runs(None, None, 200).await?;
+        return recent
+            .iter()
+            .find(|r| r.parent_run_id.is_none())
+            .or(recent.first())
+            .map(|r| r.id.clone())
             .ok_or_else(|| UserError("there are no runs yet".into()).into());
     }
     if store.get_run(arg).await?.is_some() {
@@ -102,27 +103,31 @@ pub async fn status(cx: Context, args: StatusArgs) -> anyhow::Result<i32> {
         print_json(&serde_json::json!({ "run": run, "tasks": tasks, "attempts": attempts }))?;
         return Ok(0);
     }
-    println!("run       {}", run.id);
-    println!("pipeline  {}", run.pipeline);
-    println!("state     {}", run.state);
-    println!("started   {}", format_ms(run.created_at));
+    outln!("run       {}", run.id);
+    outln!("pipeline  {}", run.pipeline);
+    outln!("state     {}", run.state);
+    outln!("started   {}", format_ms(run.created_at));
     if let Some(e) = run.ended_at {
-        println!(
+        outln!(
             "ended     {} ({})",
             format_ms(e),
             secs(Some(run.created_at), Some(e))
         );
     }
     if run.params.as_object().is_some_and(|m| !m.is_empty()) {
-        println!("params    {}", run.params);
+        outln!("params    {}", run.params);
     }
     if let Some(err) = &run.error {
-        println!("error     {err}");
+        outln!("error     {err}");
     }
-    println!();
-    println!(
+    outln!("");
+    outln!(
         "{:<28} {:<10} {:>8} {:>10} {:>10}  error",
-        "task", "state", "attempts", "duration", "peak mem"
+        "task",
+        "state",
+        "attempts",
+        "duration",
+        "peak mem"
     );
     for t in &tasks {
         let last = attempts
@@ -133,12 +138,11 @@ pub async fn status(cx: Context, args: StatusArgs) -> anyhow::Result<i32> {
             .and_then(|a| a.peak_rss_kb)
             .map(|kb| format!("{:.1} MB", kb as f64 / 1024.0))
             .unwrap_or_else(|| "-".into());
-        let tries = t.attempts.saturating_sub(0);
-        println!(
+        outln!(
             "{:<28} {:<10} {:>8} {:>10} {:>10}  {}",
             t.task_id,
             t.state.as_str(),
-            tries,
+            t.attempts,
             secs(t.started_at, t.ended_at),
             mem,
             t.error
@@ -165,15 +169,19 @@ pub async fn runs(cx: Context, args: RunsArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     if runs.is_empty() {
-        println!("no runs");
+        outln!("no runs");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<26} {:<24} {:<10} {:<25} {:>10}",
-        "run", "pipeline", "state", "started", "duration"
+        "run",
+        "pipeline",
+        "state",
+        "started",
+        "duration"
     );
     for r in runs {
-        println!(
+        outln!(
             "{:<26} {:<24} {:<10} {:<25} {:>10}",
             r.id,
             r.pipeline,

@@ -51,7 +51,7 @@ pub fn run(cx: Context, args: ListArgs) -> anyhow::Result<i32> {
         None => {
             let (ok, errors) = cx.project.load_all();
             for e in &errors {
-                eprintln!("warning: {e}");
+                errln!("warning: {e}");
             }
             ok
         }
@@ -76,14 +76,16 @@ pub fn run(cx: Context, args: ListArgs) -> anyhow::Result<i32> {
             if args.json {
                 print_json(&rows)?;
             } else if pipelines.is_empty() {
-                println!("no pipelines (create pipelines/NAME.yaml, or `cauce init`)");
+                outln!("no pipelines (create pipelines/NAME.yaml, or `cauce init`)");
             } else {
-                println!(
+                outln!(
                     "{:<28} {:>6}  {:<16} description",
-                    "pipeline", "tasks", "schedule"
+                    "pipeline",
+                    "tasks",
+                    "schedule"
                 );
                 for p in &pipelines {
-                    println!(
+                    outln!(
                         "{:<28} {:>6}  {:<16} {}",
                         p.name,
                         p.tasks.len(),
@@ -122,16 +124,20 @@ pub fn run(cx: Context, args: ListArgs) -> anyhow::Result<i32> {
             if args.json {
                 print_json(&rows)?;
             } else {
-                println!(
+                outln!(
                     "{:<20} {:<28} {:<9} {:<15} {:<8} depends on",
-                    "pipeline", "task", "kind", "category", "critical"
+                    "pipeline",
+                    "task",
+                    "kind",
+                    "category",
+                    "critical"
                 );
                 for r in &rows {
                     let deps: Vec<&str> = r["depends_on"]
                         .as_array()
                         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
                         .unwrap_or_default();
-                    println!(
+                    outln!(
                         "{:<20} {:<28} {:<9} {:<15} {:<8} {}",
                         r["pipeline"].as_str().unwrap_or(""),
                         r["task"].as_str().unwrap_or(""),
@@ -163,10 +169,10 @@ pub fn run(cx: Context, args: ListArgs) -> anyhow::Result<i32> {
             if args.json {
                 print_json(&rows)?;
             } else if rows.is_empty() {
-                println!("no workflows");
+                outln!("no workflows");
             } else {
                 for r in &rows {
-                    println!(
+                    outln!(
                         "{} / {}: {}",
                         r["pipeline"].as_str().unwrap_or(""),
                         r["workflow"].as_str().unwrap_or(""),
@@ -179,7 +185,7 @@ pub fn run(cx: Context, args: ListArgs) -> anyhow::Result<i32> {
                         .as_array()
                         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
                         .unwrap_or_default();
-                    println!("    tasks: {}", tasks.join(", "));
+                    outln!("    tasks: {}", tasks.join(", "));
                 }
             }
         }

@@ -3,6 +3,18 @@
 //! [`UserError`] or a [`SpecErrors`] exits with code 2, a failed run with 1, an
 //! interrupted one with 130.
 
+/// Prints a line on stdout. A closed pipe (`cauce runs | head`) ends the program quietly
+/// with code 0 instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*)) };
+}
+
+/// Prints a line on stderr, ignoring write errors: a run must not die because whoever
+/// watched its progress went away.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::cli::write_stderr(format_args!($($arg)*)) };
+}
+
 mod cancel;
 mod init;
 mod inspect;
@@ -165,6 +177,31 @@ pub fn exit_code_for(err: &anyhow::Error) -> i32 {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// See [`outln!`].
+pub fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}").and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// See [`errln!`].
+pub fn write_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
+}
+
+/// Whether an error is only a closed output pipe (the reader went away: not a failure).
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

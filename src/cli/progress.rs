@@ -20,7 +20,6 @@ struct Counts {
 /// Draws a run's progress on stderr.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    total: usize,
     counts: Mutex<Counts>,
 }
 
@@ -41,7 +40,6 @@ impl Progress {
         });
         Arc::new(Progress {
             bar,
-            total,
             counts: Mutex::new(Counts::default()),
         })
     }
@@ -49,7 +47,7 @@ impl Progress {
     fn line(&self, text: String) {
         match &self.bar {
             Some(bar) => bar.println(text),
-            None => eprintln!("{} {text}", chrono::Local::now().format("%H:%M:%S")),
+            None => errln!("{} {text}", chrono::Local::now().format("%H:%M:%S")),
         }
     }
 
@@ -134,6 +132,5 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        let _ = self.total;
     }
 }

@@ -9,7 +9,6 @@ use crate::project::resolve_params;
 use crate::spec::check::check_pipeline;
 use crate::spec::SpecErrors;
 use crate::state::RunState;
-use crate::store::format_ms;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Args;
 use std::path::PathBuf;
@@ -132,7 +131,7 @@ fn cancel_on_signals(token: CancellationToken) {
             _ = tokio::signal::ctrl_c() => {}
             _ = term => {}
         }
-        eprintln!("interrupted: cancelling running tasks...");
+        errln!("interrupted: cancelling running tasks...");
         token.cancel();
     });
 }
@@ -181,17 +180,17 @@ pub async fn run(cx: Context, args: RunArgs) -> anyhow::Result<i32> {
         None => Utc::now(),
     };
     if args.dry_run {
-        println!(
+        outln!(
             "pipeline {} ({} of {} tasks, {max_workers} workers)",
             pipeline.name,
             selection.len(),
             pipeline.tasks.len()
         );
         if !params.is_empty() {
-            println!("params: {}", serde_json::to_string(&params)?);
+            outln!("params: {}", serde_json::to_string(&params)?);
         }
         for (i, layer) in dag::layers(&pipeline, &selection).iter().enumerate() {
-            println!("layer {}:", i + 1);
+            outln!("layer {}:", i + 1);
             for id in layer {
                 let t = &pipeline.tasks[id];
                 let deps: Vec<&str> = t
@@ -205,7 +204,7 @@ pub async fn run(cx: Context, args: RunArgs) -> anyhow::Result<i32> {
                 } else {
                     format!("  (after {})", deps.join(", "))
                 };
-                println!("  {id}: {}{after}", t.action.describe());
+                outln!("  {id}: {}{after}", t.action.describe());
             }
         }
         return Ok(0);
@@ -246,7 +245,7 @@ pub async fn retry(cx: Context, args: RetryArgs) -> anyhow::Result<i32> {
     })?;
     let info = Arc::new(engine.load_run(&run_id).await?);
     if !args.quiet {
-        eprintln!(
+        errln!(
             "retrying run {run_id}: {} task(s) to run again",
             reset.len()
         );
@@ -264,9 +263,10 @@ async fn execute(
     let run_id = info.id.clone();
     let total = store.task_runs(&run_id).await?.len();
     if !quiet {
-        eprintln!(
+        errln!(
             "run {run_id} of pipeline {} ({total} tasks, {} workers)",
-            info.pipeline.name, info.max_workers
+            info.pipeline.name,
+            info.max_workers
         );
     }
     let progress = Progress::new(total, quiet);
@@ -287,7 +287,7 @@ async fn execute(
         let tasks = store.task_runs(&run_id).await?;
         let count = |s: crate::state::TaskState| tasks.iter().filter(|t| t.state == s).count();
         use crate::state::TaskState as T;
-        eprintln!(
+        errln!(
             "run {run_id} {state} in {took:.2}s: {} succeeded, {} failed, {} skipped, {} cancelled",
             count(T::Success),
             count(T::Failed),
@@ -295,9 +295,8 @@ async fn execute(
             count(T::Cancelled)
         );
         if state != RunState::Success {
-            eprintln!("details: cauce status {run_id}   logs: cauce logs {run_id} TASK   report: cauce report {run_id}");
+            errln!("details: cauce status {run_id}   logs: cauce logs {run_id} TASK   report: cauce report {run_id}");
         }
-        let _ = run.map(|r| format_ms(r.created_at));
     }
     Ok(state.exit_code())
 }

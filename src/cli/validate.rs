@@ -71,13 +71,13 @@ pub fn run(cx: Context, args: ValidateArgs) -> anyhow::Result<i32> {
         )?;
     } else {
         for e in &errors {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
         }
         let n = files.len();
         if errors.is_empty() {
-            println!("{n} pipeline file(s) valid");
+            outln!("{n} pipeline file(s) valid");
         } else {
-            eprintln!("{} error(s) in {n} pipeline file(s)", errors.len());
+            errln!("{} error(s) in {n} pipeline file(s)", errors.len());
         }
     }
     Ok(if errors.is_empty() {

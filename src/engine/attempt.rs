@@ -60,7 +60,7 @@ pub async fn run_attempt(
         .logs_dir()
         .join(&run.id)
         .join(format!("{}.{}.log", task.id, attempt.number));
-    let log = match LogFile::create(&log_path, services.project.secrets.redactor()) {
+    let log = match LogFile::create(&log_path, services.project.secrets.clone()) {
         Ok(l) => l,
         Err(e) => {
             return AttemptOutcome {
@@ -76,6 +76,16 @@ pub async fn run_attempt(
             }
         }
     };
+    // `ds` is the logical date in the pipeline's time zone (UTC when it has none).
+    let local_date = match run
+        .pipeline
+        .timezone
+        .as_deref()
+        .and_then(|tz| tz.parse::<chrono_tz::Tz>().ok())
+    {
+        Some(tz) => run.logical_date.with_timezone(&tz).date_naive(),
+        None => run.logical_date.date_naive(),
+    };
     let vars = RenderVars {
         params: run.params.clone(),
         run: RunVars {
@@ -83,14 +93,20 @@ pub async fn run_attempt(
             pipeline: run.pipeline.name.clone(),
             logical_date: run.logical_date.to_rfc3339(),
         },
-        ds: run.logical_date.format("%Y-%m-%d").to_string(),
-        ds_nodash: run.logical_date.format("%Y%m%d").to_string(),
+        ds: local_date.format("%Y-%m-%d").to_string(),
+        ds_nodash: local_date.format("%Y%m%d").to_string(),
         task: TaskVars {
             id: task.id.clone(),
             attempt: attempt.number,
         },
     };
     let data_dir = services.project.data_dir().join(&run.id);
+    if let Err(e) = std::fs::create_dir_all(&data_dir) {
+        log.note(&format!(
+            "cannot create the run's data folder {}: {e}",
+            data_dir.display()
+        ));
+    }
     let mut env = vec![
         ("CAUCE_RUN_ID".to_string(), run.id.clone()),
         ("CAUCE_PIPELINE".to_string(), run.pipeline.name.clone()),

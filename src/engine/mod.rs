@@ -102,6 +102,17 @@ pub fn owner_is_dead(owner: &str) -> bool {
             .is_ok_and(|p| p != std::process::id() as i32 && !crate::process::pid_alive(p))
 }
 
+/// Whether nobody executes a run any more: its owner is a dead process on this machine, or
+/// it has not heartbeated for longer than a lease. (`cauce retry` and `cauce cancel` both
+/// use this rule.)
+pub fn run_is_orphaned(run: &crate::store::RunRecord, lease: Duration, now: i64) -> bool {
+    let dead = run.owner.as_deref().is_none_or(owner_is_dead);
+    let stale = run
+        .heartbeat_at
+        .is_none_or(|h| now - h > lease.as_millis() as i64);
+    dead || stale
+}
+
 /// A new run id: creation time to the millisecond plus randomness, so ids sort by time.
 pub fn new_run_id() -> String {
     format!(
@@ -289,18 +300,13 @@ impl Engine {
             .await?
             .ok_or_else(|| StoreError::NoSuchRun(run_id.to_string()))?;
         let now = now_ms();
-        if rec.state == RunState::Running {
-            if let Some(owner) = &rec.owner {
-                let dead = owner_is_dead(owner);
-                let stale = rec.heartbeat_at.is_none_or(|h| {
-                    now - h > self.services.project.settings.lease.as_millis() as i64
-                });
-                if !dead && !stale {
-                    return Err(EngineError::Refused(format!(
-                        "run {run_id} is still being executed by {owner}; wait for it or `cauce cancel {run_id}`"
-                    )));
-                }
-            }
+        if rec.state == RunState::Running
+            && !run_is_orphaned(&rec, self.services.project.settings.lease, now)
+        {
+            return Err(EngineError::Refused(format!(
+                "run {run_id} is still being executed by {}; wait for it or `cauce cancel {run_id}`",
+                rec.owner.as_deref().unwrap_or("another process")
+            )));
         }
         let dead: Vec<String> = rec.owner.iter().cloned().collect();
         let lost = store.expire_leases(Some(run_id), &dead, now).await?;
@@ -391,7 +397,7 @@ impl Engine {
                     delay,
                     error,
                 } => {
-                    tracing::warn!(run = %run_id_for_log, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
+                    tracing::info!(run = %run_id_for_log, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
                 }
                 Event::Finished {
                     task, state, error, ..
@@ -413,6 +419,9 @@ impl Engine {
             .collect();
         let mut inflight: JoinSet<attempt::AttemptOutcome> = JoinSet::new();
         let mut stopping: Option<String> = None;
+        // Tasks skipped because something upstream failed (as opposed to a handler whose
+        // `one_failed` trigger simply did not fire): they make the run partial.
+        let mut skipped_by_failure: HashSet<String> = HashSet::new();
         let mut cancelled = false;
         let mut next_heartbeat = tokio::time::Instant::now() + heartbeat_every;
         let mut next_cancel_poll = tokio::time::Instant::now() + CANCEL_POLL;
@@ -420,8 +429,9 @@ impl Engine {
         let mut claimable = true;
 
         loop {
-            // 1. Decide what became ready or can no longer run.
-            if stopping.is_none() && !cancelled {
+            // 1. Decide what became ready or can no longer run. After a critical failure
+            // only handlers (`one_failed`, `all_done`) are still pending and may start.
+            if !cancelled {
                 let mut ready = Vec::new();
                 let mut skips = Vec::new();
                 while let Some(id) = dirty.pop() {
@@ -458,6 +468,15 @@ impl Engine {
                             } else {
                                 format!("upstream did not succeed: {}", failed.join(", "))
                             };
+                            let caused_by_failure = task.depends_on.iter().any(|d| {
+                                matches!(
+                                    states.get(d),
+                                    Some(TaskState::Failed | TaskState::Cancelled)
+                                ) || skipped_by_failure.contains(d)
+                            });
+                            if caused_by_failure {
+                                skipped_by_failure.insert(id.clone());
+                            }
                             skips.push((id.clone(), TaskState::Skipped, Some(why)));
                             states.insert(id.clone(), TaskState::Skipped);
                             for d in dependents.get(id.as_str()).into_iter().flatten() {
@@ -489,7 +508,7 @@ impl Engine {
             }
 
             // 2. Fill free slots from the queue.
-            if stopping.is_none() && !cancelled {
+            if !cancelled {
                 if let Some(t) = next_retry_at {
                     if now_ms() >= t {
                         claimable = true;
@@ -527,17 +546,16 @@ impl Engine {
             if inflight.is_empty() {
                 let waiting_retry = states.values().any(|s| *s == TaskState::Retrying);
                 let queued = states.values().any(|s| *s == TaskState::Queued);
-                let stalled = stopping.is_some() || cancelled;
-                if stalled || (!waiting_retry && !queued && dirty.is_empty()) {
+                if cancelled || (!waiting_retry && !queued && dirty.is_empty()) {
                     let leftover_state = if cancelled {
                         TaskState::Cancelled
                     } else {
                         TaskState::Skipped
                     };
-                    let reason = match (&stopping, cancelled) {
-                        (_, true) => "run cancelled".to_string(),
-                        (Some(t), _) => format!("not run: critical task `{t}` failed"),
-                        _ => "not run: its trigger could not be met".to_string(),
+                    let reason = if cancelled {
+                        "run cancelled".to_string()
+                    } else {
+                        "not run: its trigger could not be met".to_string()
                     };
                     let mut leftovers = Vec::new();
                     for id in &order {
@@ -575,7 +593,7 @@ impl Engine {
                         Err(e) => return Err(EngineError::Refused(format!("a task attempt panicked: {e}; this is a bug, please report it"))),
                     };
                     let id = outcome.attempt.task_id.clone();
-                    let (next, event) = self.decide(&run, &outcome, budget_base[&id], critical[&id], stopping.is_some() || cancelled);
+                    let (next, event) = self.decide(&run, &outcome, budget_base[&id], stopping.is_some() || cancelled);
                     let result = attempt_result(&outcome, svc);
                     let accepted = store.complete(outcome.attempt.id, &svc.owner, &result, next, now_ms()).await?;
                     if !accepted {
@@ -592,6 +610,30 @@ impl Engine {
                             states.insert(id.clone(), state);
                             if state == TaskState::Failed && critical[&id] && stopping.is_none() {
                                 stopping = Some(id.clone());
+                                // Nothing new starts: every task still waiting for its upstream
+                                // to succeed is skipped now; retries waiting are given up.
+                                let mut stop_updates = Vec::new();
+                                for t in &order {
+                                    let trigger = run.pipeline.tasks[t].trigger;
+                                    match states[t] {
+                                        TaskState::Pending | TaskState::Queued if trigger == crate::state::Trigger::AllSuccess => {
+                                            stop_updates.push((t.clone(), TaskState::Skipped, Some(format!("not run: critical task `{id}` failed"))));
+                                        }
+                                        TaskState::Retrying => stop_updates.push((t.clone(), TaskState::Failed, None)),
+                                        _ => {}
+                                    }
+                                }
+                                store.finalize_tasks(&run.id, &stop_updates, now_ms()).await?;
+                                for (t, st, err) in stop_updates {
+                                    states.insert(t.clone(), st);
+                                    if st == TaskState::Skipped {
+                                        skipped_by_failure.insert(t.clone());
+                                    }
+                                    for d in dependents.get(t.as_str()).into_iter().flatten() {
+                                        dirty.insert(d.to_string());
+                                    }
+                                    events(Event::Finished { task: t, state: st, elapsed: None, error: err });
+                                }
                             }
                             for d in dependents.get(id.as_str()).into_iter().flatten() {
                                 dirty.insert(d.to_string());
@@ -634,10 +676,11 @@ impl Engine {
             RunState::Cancelled
         } else if stopping.is_some() {
             RunState::Failed
-        } else if states.values().all(|s| *s == TaskState::Success) {
-            RunState::Success
-        } else {
+        } else if states.values().any(|s| *s == TaskState::Failed) || !skipped_by_failure.is_empty()
+        {
             RunState::Partial
+        } else {
+            RunState::Success
         };
         let error = match (&stopping, cancelled) {
             (_, true) => Some("cancelled".to_string()),
@@ -659,7 +702,6 @@ impl Engine {
         run: &RunInfo,
         o: &attempt::AttemptOutcome,
         budget_base: u32,
-        critical: bool,
         stopping: bool,
     ) -> (Next, Event) {
         let task = &run.pipeline.tasks[&o.attempt.task_id];
@@ -700,7 +742,6 @@ impl Engine {
                         },
                     )
                 } else {
-                    let _ = critical;
                     (
                         Next::Final(TaskState::Failed),
                         Event::Finished {
@@ -721,7 +762,7 @@ fn attempt_result(o: &attempt::AttemptOutcome, svc: &Services) -> AttemptResult 
         Ok(out) => (
             AttemptState::Success,
             None,
-            (!out.value.is_null()).then(|| out.value.clone()),
+            (!out.value.is_null()).then(|| svc.project.secrets.redact_json(&out.value)),
             serde_json::to_value(&out.metrics)
                 .ok()
                 .filter(|m| m.as_object().is_some_and(|o| !o.is_empty())),

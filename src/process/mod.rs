@@ -8,10 +8,10 @@
 
 mod sys;
 
-use crate::secrets::Redactor;
+use crate::secrets::{Redactor, Secrets};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -26,12 +26,14 @@ pub use sys::pid_alive;
 pub struct LogFile {
     path: PathBuf,
     file: Mutex<std::fs::File>,
-    redactor: Redactor,
+    secrets: Secrets,
+    /// The redactor for the secrets known at `.0` (rebuilt when a task reads a new one).
+    redactor: Mutex<(u64, Arc<Redactor>)>,
 }
 
 impl LogFile {
     /// Creates (or appends to) the log file at `path`.
-    pub fn create(path: &Path, redactor: Redactor) -> io::Result<Arc<LogFile>> {
+    pub fn create(path: &Path, secrets: Secrets) -> io::Result<Arc<LogFile>> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -39,9 +41,11 @@ impl LogFile {
             .create(true)
             .append(true)
             .open(path)?;
+        let redactor = Mutex::new((secrets.version(), Arc::new(secrets.redactor())));
         Ok(Arc::new(LogFile {
             path: path.to_path_buf(),
             file: Mutex::new(file),
+            secrets,
             redactor,
         }))
     }
@@ -53,7 +57,7 @@ impl LogFile {
 
     /// Appends a line written by cauce itself (redacted).
     pub fn note(&self, line: &str) {
-        let text = format!("[cauce] {}\n", self.redactor.redact_str(line));
+        let text = format!("[cauce] {}\n", self.redactor().redact_str(line));
         self.write_bytes(text.as_bytes());
     }
 
@@ -65,9 +69,19 @@ impl LogFile {
         }
     }
 
-    /// The redactor this log applies.
-    pub fn redactor(&self) -> &Redactor {
-        &self.redactor
+    /// The redactor for every secret known now (including `${VAR}` values a task read
+    /// after its log was opened).
+    pub fn redactor(&self) -> Arc<Redactor> {
+        let version = self.secrets.version();
+        match self.redactor.lock() {
+            Ok(mut cached) => {
+                if cached.0 != version {
+                    *cached = (version, Arc::new(self.secrets.redactor()));
+                }
+                Arc::clone(&cached.1)
+            }
+            Err(_) => Arc::new(self.secrets.redactor()),
+        }
     }
 }
 
@@ -125,83 +139,64 @@ pub async fn run(
     cancel: &CancellationToken,
     grace: Duration,
 ) -> io::Result<Exit> {
-    let mut command = std::process::Command::new(&cmd.program);
+    // stdout and stderr share one pipe, so the log keeps their interleaving and one reader
+    // serves both.
+    let (reader, writer) = io::pipe()?;
+    let mut command = std::process::Command::new(resolve_program(&cmd.program, &cmd.env));
     command
         .args(&cmd.args)
         .envs(cmd.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&cmd.cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
         .process_group(0);
-    let mut child = command.spawn()?;
-    let pid = child.id() as i32;
-    let pumps: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|stream| {
-        let log = Arc::clone(log);
-        tokio::task::spawn_blocking(move || pump(stream, &log))
-    })
-    .collect();
-    // `reaped` guards the group id: once the leader is reaped its pgid may be reused, so
-    // nobody signals the group after that.
-    let reaped = Arc::new(Mutex::new(false));
-    let waiter = {
-        let reaped = Arc::clone(&reaped);
-        tokio::task::spawn_blocking(move || -> io::Result<(i32, sys::Usage)> {
-            sys::wait_exit_unreaped(pid)?;
-            let mut guard = reaped
-                .lock()
-                .map_err(|_| io::Error::other("lock poisoned"))?;
-            // The leader is gone; kill whatever it left behind in its group, so that
-            // background children do not hold the output pipes open forever.
-            let _ = sys::signal_group(pid, libc::SIGKILL);
-            let result = sys::reap(pid);
-            *guard = true;
-            result
-        })
-    };
-    drop(child); // reaped by `waiter`, never by std
-    let signal = |sig: i32| {
-        if let Ok(done) = reaped.lock() {
-            if !*done {
-                let _ = sys::signal_group(pid, sig);
-            }
+    let child = command.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} not found", cmd.program.to_string_lossy()),
+            )
+        } else {
+            e
         }
+    })?;
+    // The write ends held by `command` must close, or the reader never sees the end.
+    drop(command);
+    let pid = child.id() as i32;
+    drop(child); // reaped below with wait4, never by std
+    let pump = {
+        let log = Arc::clone(log);
+        tokio::spawn(pump(reader, log))
     };
-    tokio::pin!(waiter);
+    let exited = wait_exit(pid);
+    tokio::pin!(exited);
     let mut cancelled = false;
-    let joined = tokio::select! {
-        r = &mut waiter => r,
+    tokio::select! {
+        r = &mut exited => r?,
         _ = cancel.cancelled() => {
             cancelled = true;
-            signal(libc::SIGTERM);
+            let _ = sys::signal_group(pid, libc::SIGTERM);
             tokio::select! {
-                r = &mut waiter => r,
+                r = &mut exited => r?,
                 _ = tokio::time::sleep(grace) => {
                     log.note(&format!("still running {} after SIGTERM; sending SIGKILL", crate::spec::duration::format_duration(grace)));
-                    signal(libc::SIGKILL);
-                    (&mut waiter).await
+                    let _ = sys::signal_group(pid, libc::SIGKILL);
+                    (&mut exited).await?
                 }
             }
         }
-    };
-    let (status, usage) =
-        joined.map_err(|e| io::Error::other(format!("waiting for the child failed: {e}")))??;
-    for p in pumps {
-        // Output pipes close when the group is gone; a process that escaped the group
-        // (setsid) and kept them open is not waited for.
-        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
+    // The leader has exited but is not reaped, so its group id is still ours: kill what it
+    // left behind, so background children do not hold the output pipe open forever.
+    let _ = sys::signal_group(pid, libc::SIGKILL);
+    let (status, usage) = sys::reap(pid)?;
+    // A process that escaped the group (setsid) and kept the pipe open is not waited for.
+    if tokio::time::timeout(Duration::from_secs(2), pump)
+        .await
+        .is_err()
+    {
+        log.note("output pipe still open after the task ended; stopped reading it");
     }
     let (exit_code, sig) = sys::decode_status(status);
     Ok(Exit {
@@ -217,13 +212,55 @@ pub async fn run(
     })
 }
 
-/// Copies one output stream into the log in 64 KiB chunks, masking secrets.
-fn pump(mut stream: Box<dyn Read + Send>, log: &LogFile) {
+/// Waits until child `pid` has exited, without reaping it: on a pidfd where the kernel
+/// offers one, else on a blocking thread.
+async fn wait_exit(pid: i32) -> io::Result<()> {
+    if let Some(async_fd) = sys::pidfd_async(pid) {
+        let _ready = async_fd.readable().await?;
+        return sys::wait_exit_unreaped(pid);
+    }
+    tokio::task::spawn_blocking(move || sys::wait_exit_unreaped(pid))
+        .await
+        .map_err(|e| io::Error::other(format!("waiting for the child failed: {e}")))?
+}
+
+/// The program to exec: a bare name is looked up in `PATH` here, once, rather than by
+/// failed `execve` calls in the child; anything else is used as given.
+/// The task's own `PATH` (from its `env`) wins over cauce's; relative entries are left to
+/// the child's own lookup.
+fn resolve_program(program: &std::ffi::OsStr, env: &[(String, String)]) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStrExt;
+    if program.as_bytes().contains(&b'/') {
+        return program.to_os_string();
+    }
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| std::ffi::OsString::from(v))
+        .or_else(|| std::env::var_os("PATH"));
+    path.and_then(|paths| {
+        std::env::split_paths(&paths)
+            .take_while(|d| d.is_absolute())
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+    .map(|p| p.into_os_string())
+    .unwrap_or_else(|| program.to_os_string())
+}
+
+/// Copies the child's output into the log in 64 KiB chunks, masking secrets.
+async fn pump(reader: io::PipeReader, log: Arc<LogFile>) {
+    use tokio::io::AsyncReadExt;
+    let fd: std::os::fd::OwnedFd = reader.into();
+    let Ok(mut rx) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
     let mut buf = vec![0u8; 64 * 1024];
     let mut carry = Vec::new();
     let mut out = Vec::with_capacity(buf.len());
     loop {
-        match stream.read(&mut buf) {
+        match rx.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => {
                 out.clear();
@@ -238,11 +275,6 @@ fn pump(mut stream: Box<dyn Read + Send>, log: &LogFile) {
     out.clear();
     log.redactor().redact_chunk(&mut carry, &[], true, &mut out);
     log.write_bytes(&out);
-}
-
-/// Signals a process group from outside its runner (used to stop orphans of a dead run).
-pub fn kill_group(pgid: i32) {
-    let _ = sys::signal_group(pgid, libc::SIGKILL);
 }
 
 /// Splits a command line into argv when it uses no shell syntax at all, so it can be run
@@ -286,10 +318,11 @@ mod tests {
     #[tokio::test]
     async fn streams_output_and_reports_exit_and_usage() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogFile::create(
-            &dir.path().join("a.log"),
-            Redactor::new(vec!["topsecret".into()]),
-        )
+        let log = LogFile::create(&dir.path().join("a.log"), {
+            let s = Secrets::default();
+            s.add("topsecret");
+            s
+        })
         .unwrap();
         let exit = run(
             &sh(
@@ -315,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn cancel_kills_the_whole_group() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogFile::create(&dir.path().join("b.log"), Redactor::new(vec![])).unwrap();
+        let log = LogFile::create(&dir.path().join("b.log"), Secrets::default()).unwrap();
         let marker = dir.path().join("grandchild.pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
         let cancel = CancellationToken::new();
@@ -353,7 +386,7 @@ mod tests {
     #[tokio::test]
     async fn background_children_do_not_hold_the_task_open() {
         let dir = tempfile::tempdir().unwrap();
-        let log = LogFile::create(&dir.path().join("c.log"), Redactor::new(vec![])).unwrap();
+        let log = LogFile::create(&dir.path().join("c.log"), Secrets::default()).unwrap();
         let started = std::time::Instant::now();
         let exit = run(
             &sh("sleep 60 & echo done", dir.path()),

@@ -41,6 +41,26 @@ pub fn wait_exit_unreaped(pid: i32) -> io::Result<()> {
     }
 }
 
+/// A pidfd for `pid` registered with the async runtime (Linux 5.3+): it becomes readable
+/// when the process exits, so the exit can be awaited without a thread. `None` where the
+/// kernel or a seccomp profile refuses it.
+pub fn pidfd_async(pid: i32) -> Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; on success it returns a new file descriptor that we own.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by nobody else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: the AsyncFd takes ownership of the descriptor and is its only user; it is
+    // closed when the AsyncFd is dropped, after deregistration.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE)
+    }
+    .ok()
+}
+
 /// Reaps child `pid`, returning its raw wait status and resource usage.
 pub fn reap(pid: i32) -> io::Result<(i32, Usage)> {
     loop {

@@ -151,7 +151,8 @@ pub fn convert(
             .as_mapping()
             .and_then(|m| m.get_node("parameters"))
             .map(node_to_json)
-            .unwrap_or(serde_json::Value::Null);
+            .filter(|v| !v.is_null())
+            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
         let action = PythonTask::for_function(raw.module_path, raw.function_name, params);
         let deps = raw.dependencies.unwrap_or_default();
         let base = RetryPolicy::default();
@@ -290,6 +291,12 @@ mod tests {
         );
         assert_eq!(p.workflows["full_etl"].tasks.len(), 2);
         assert!(e.action.describe().contains("etl.extract"));
+        // A task without `parameters` calls the function with no arguments.
+        assert!(
+            format!("{:?}", l.action).contains("params: Object {}"),
+            "{:?}",
+            l.action
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl TaskKind for HttpTask {
         if let Some(body) = &self.body {
             req = req.body(ctx.render(body, Escape::Plain)?);
         } else if let Some(json) = &self.json {
-            let rendered = ctx.render(&json.to_string(), Escape::Plain)?;
+            let rendered = ctx.render_json(json)?.to_string();
             req = req
                 .header("content-type", "application/json")
                 .body(rendered);

@@ -189,6 +189,26 @@ impl TaskContext {
             .map_err(TaskError::Invalid)
     }
 
+    /// Renders every string inside a JSON value (keys stay as written), so that values
+    /// are inserted as JSON strings, never spliced into JSON text.
+    pub fn render_json(&self, v: &serde_json::Value) -> Result<serde_json::Value, TaskError> {
+        use serde_json::Value;
+        Ok(match v {
+            Value::String(s) => Value::String(self.render(s, Escape::Plain)?),
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| self.render_json(x))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Object(o) => Value::Object(
+                o.iter()
+                    .map(|(k, x)| Ok((k.clone(), self.render_json(x)?)))
+                    .collect::<Result<_, TaskError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
     /// Runs a process in its own group with the task's environment, recording its stats;
     /// a non-zero exit is a failure, a cancellation is [`TaskError::Cancelled`].
     pub async fn run_process(

@@ -191,7 +191,7 @@ impl TaskKind for PythonTask {
                 function,
                 params,
             } => {
-                let params = render_json(params, ctx)?;
+                let params = ctx.render_json(params)?;
                 let out_file = ctx
                     .data_dir
                     .join(format!("{}.{}.output.json", ctx.task_id, ctx.attempt));
@@ -239,25 +239,6 @@ impl TaskKind for PythonTask {
             }
         }
     }
-}
-
-/// Renders every string inside a JSON value.
-fn render_json(v: &serde_json::Value, ctx: &TaskContext) -> Result<serde_json::Value, TaskError> {
-    use serde_json::Value;
-    Ok(match v {
-        Value::String(s) => Value::String(ctx.render(s, Escape::Plain)?),
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| render_json(x, ctx))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, x)| Ok((k.clone(), render_json(x, ctx)?)))
-                .collect::<Result<_, TaskError>>()?,
-        ),
-        other => other.clone(),
-    })
 }
 
 /// Whether the interpreter can find `module` among installed packages (validation only).

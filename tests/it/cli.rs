@@ -275,3 +275,27 @@ fn logs_follow_streams_until_the_task_ends() {
         0
     );
 }
+
+#[test]
+fn a_closed_output_pipe_is_not_an_error() {
+    let p = Project::new();
+    p.pipeline("many", "tasks:\n  a: \"true\"\n  b: \"true\"\n");
+    assert_eq!(p.run(&["run", "many", "-q"]).code, 0);
+    let script = format!(
+        "'{}' --project '{}' report latest | head -c 1 > /dev/null; exit ${{PIPESTATUS[0]}}",
+        bin(),
+        p.path().display()
+    );
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}

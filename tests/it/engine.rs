@@ -324,3 +324,59 @@ fn a_task_printing_a_lot_streams_to_its_log_with_bounded_memory() {
     let log = p.path().join(format!(".cauce/logs/{id}/t.1.log"));
     assert!(std::fs::metadata(log).unwrap().len() >= 300_000_000);
 }
+
+#[test]
+fn failure_handlers_run_after_a_critical_failure() {
+    let p = Project::new();
+    p.pipeline(
+        "handlers",
+        "tasks:\n  load: exit 1\n  publish:\n    run: touch published\n    depends_on: [load]\n  independent: touch independent\n  alert:\n    run: touch alerted\n    depends_on: [load]\n    trigger: one_failed\n  cleanup:\n    run: touch cleaned\n    depends_on: [publish]\n    trigger: all_done\n",
+    );
+    let r = p.run(&["run", "handlers", "--max-workers", "1"]);
+    assert_eq!(r.code, 1);
+    let id = latest_run(&p);
+    let states = p.task_states(&id);
+    assert_eq!(states["load"], "failed");
+    assert_eq!(states["publish"], "skipped");
+    assert_eq!(
+        states["independent"], "skipped",
+        "nothing new starts after a critical failure"
+    );
+    assert_eq!(
+        states["alert"], "success",
+        "a one_failed handler still runs"
+    );
+    assert_eq!(
+        states["cleanup"], "success",
+        "an all_done handler still runs"
+    );
+    assert!(p.path().join("alerted").exists() && !p.path().join("published").exists());
+    assert_eq!(p.status(&id)["run"]["state"], "failed");
+}
+
+#[test]
+fn a_handler_that_did_not_fire_keeps_the_run_successful() {
+    let p = Project::new();
+    p.pipeline(
+        "quiet",
+        "tasks:\n  work: \"true\"\n  alert:\n    run: touch alerted\n    depends_on: [work]\n    trigger: one_failed\n",
+    );
+    let r = p.run(&["run", "quiet"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let id = latest_run(&p);
+    assert_eq!(p.task_states(&id)["alert"], "skipped");
+    assert_eq!(p.status(&id)["run"]["state"], "success");
+}
+
+#[test]
+fn every_task_can_write_to_the_run_data_folder() {
+    let p = Project::new();
+    p.pipeline(
+        "data",
+        "tasks:\n  write: echo rows > \"$CAUCE_DATA_DIR/out.txt\"\n  read:\n    run: cat \"$CAUCE_DATA_DIR/out.txt\"\n    depends_on: [write]\n",
+    );
+    let r = p.run(&["run", "data", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let logs = p.run(&["logs", "latest", "read"]);
+    assert!(logs.stdout.contains("rows"), "{}", logs.stdout);
+}

@@ -242,3 +242,46 @@ fn a_pipeline_task_runs_another_pipeline_as_a_child_run() {
     let r = p.run(&["run", "selfish"]);
     assert_eq!(r.code, 1);
 }
+
+#[test]
+fn secrets_from_the_real_environment_and_in_outputs_are_redacted() {
+    let p = Project::new();
+    p.write("etl/leak.py", "import os\n\ndef run():\n    return {'dsn': 'postgres://u:' + os.environ['CAUCE_IT_DB_PASSWORD'] + '@db/x'}\n");
+    p.pipeline(
+        "leak",
+        "tasks:\n  show:\n    run: echo pw=${CAUCE_IT_DB_PASSWORD}\n  out:\n    python: {module: etl.leak, function: run}\n    env: {UNUSED: \"${CAUCE_IT_DB_PASSWORD}\"}\n",
+    );
+    let out = p
+        .cmd(&["run", "leak", "--json", "-q"])
+        .env("CAUCE_IT_DB_PASSWORD", "hunter2-from-env")
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(!r.stdout.contains("hunter2-from-env"), "{}", r.stdout);
+    let logs = p.run(&["logs", "latest"]);
+    assert!(logs.stdout.contains("pw=***"), "{}", logs.stdout);
+    assert!(!logs.stdout.contains("hunter2-from-env"), "{}", logs.stdout);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        v["results"]["out"]["output"]["dsn"],
+        "postgres://u:***@db/x"
+    );
+}
+
+#[test]
+fn json_bodies_take_template_values_as_json_strings() {
+    let p = Project::new();
+    let (port, server) = http_server(200, "{}", 1);
+    p.pipeline(
+        "j",
+        &format!("params:\n  note: x\ntasks:\n  post:\n    http:\n      url: http://127.0.0.1:{port}/\n      method: POST\n      json: {{text: \"{{{{ params.note }}}}\", n: 3}}\n"),
+    );
+    let r = p.run(&["run", "j", "-q", "-p", "note=say \"hi\", then {leave}"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let seen = server.join().unwrap();
+    let body = seen[0].split("\r\n\r\n").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["text"], "say \"hi\", then {leave}");
+    assert_eq!(v["n"], 3);
+}
