@@ -425,8 +425,14 @@ impl Engine {
         let mut cancelled = false;
         let mut next_heartbeat = tokio::time::Instant::now() + heartbeat_every;
         let mut next_cancel_poll = tokio::time::Instant::now() + CANCEL_POLL;
-        let mut next_retry_at: Option<i64> = None;
-        let mut claimable = true;
+        // When each retrying task's next attempt may be claimed.
+        let mut retry_at: HashMap<String, i64> = HashMap::new();
+        // How many attempts of this run are in the queue and claimable now. This engine is
+        // the only claimer of its run, so it knows without asking the store.
+        let mut claimable: usize = order
+            .iter()
+            .filter(|t| states[*t] == TaskState::Queued)
+            .count();
 
         loop {
             // 1. Decide what became ready or can no longer run. After a critical failure
@@ -500,44 +506,49 @@ impl Engine {
                     // Keep file order so that equal tasks start in the order written.
                     ready.sort_by_key(|id| position.get(id.as_str()).copied());
                     store.enqueue(&run.id, &ready, now_ms()).await?;
+                    claimable += ready.len();
                     for id in ready {
                         states.insert(id, TaskState::Queued);
                     }
-                    claimable = true;
                 }
             }
 
             // 2. Fill free slots from the queue.
             if !cancelled {
-                if let Some(t) = next_retry_at {
-                    if now_ms() >= t {
-                        claimable = true;
-                        next_retry_at = None;
+                let now = now_ms();
+                retry_at.retain(|_, at| {
+                    let due = *at <= now;
+                    if due {
+                        claimable += 1;
                     }
-                }
-                while claimable && inflight.len() < run.max_workers {
-                    match store
-                        .claim(Some(&run.id), &svc.owner, lease, now_ms())
-                        .await?
-                    {
-                        Some(a) => {
-                            let task = run.pipeline.tasks[&a.task_id].clone();
-                            states.insert(a.task_id.clone(), TaskState::Running);
-                            events(Event::Started {
-                                task: a.task_id.clone(),
-                                attempt: a.number,
-                            });
-                            let token = cancel.child_token();
-                            inflight.spawn(attempt::run_attempt(
-                                Arc::clone(svc),
-                                Arc::clone(&run),
-                                task,
-                                a,
-                                token,
-                                Arc::clone(&runner),
-                            ));
-                        }
-                        None => claimable = false,
+                    !due
+                });
+                let want = claimable.min(run.max_workers.saturating_sub(inflight.len()));
+                if want > 0 {
+                    let claimed = store
+                        .claim_many(Some(&run.id), &svc.owner, lease, now, want)
+                        .await?;
+                    claimable = if claimed.len() < want {
+                        0
+                    } else {
+                        claimable - want
+                    };
+                    for a in claimed {
+                        let task = run.pipeline.tasks[&a.task_id].clone();
+                        states.insert(a.task_id.clone(), TaskState::Running);
+                        events(Event::Started {
+                            task: a.task_id.clone(),
+                            attempt: a.number,
+                        });
+                        let token = cancel.child_token();
+                        inflight.spawn(attempt::run_attempt(
+                            Arc::clone(svc),
+                            Arc::clone(&run),
+                            task,
+                            a,
+                            token,
+                            Arc::clone(&runner),
+                        ));
                     }
                 }
             }
@@ -582,7 +593,7 @@ impl Engine {
             }
 
             // 4. Wait for something to happen.
-            let wake = match next_retry_at {
+            let wake = match retry_at.values().min() {
                 Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 500) as u64),
                 None => Duration::from_millis(500),
             };
@@ -602,7 +613,8 @@ impl Engine {
                         if let Some(t) = fresh.iter().find(|t| t.task_id == id) {
                             states.insert(id.clone(), t.state);
                         }
-                        claimable = true;
+                        // Let the next claim ask the store what is really queued.
+                        claimable = claimable.max(1);
                         continue;
                     }
                     match next {
@@ -634,6 +646,8 @@ impl Engine {
                                     }
                                     events(Event::Finished { task: t, state: st, elapsed: None, error: err });
                                 }
+                                claimable = order.iter().filter(|t| states[*t] == TaskState::Queued).count();
+                                retry_at.retain(|t, _| states[t] == TaskState::Retrying);
                             }
                             for d in dependents.get(id.as_str()).into_iter().flatten() {
                                 dirty.insert(d.to_string());
@@ -641,11 +655,10 @@ impl Engine {
                         }
                         Next::Retry { available_at } => {
                             states.insert(id.clone(), TaskState::Retrying);
-                            next_retry_at = Some(next_retry_at.map_or(available_at, |t| t.min(available_at)));
+                            retry_at.insert(id.clone(), available_at);
                         }
                     }
                     events(event);
-                    claimable = true;
                 }
                 _ = cancel.cancelled(), if !cancelled => {
                     cancelled = true;

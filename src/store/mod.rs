@@ -274,14 +274,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Resets tasks to `pending` with a fresh retry budget (`cauce retry`).
     async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()>;
 
-    /// Claims the oldest claimable queued attempt (of one run, or of any), with a lease.
+    /// Claims up to `limit` of the oldest claimable queued attempts (of one run, or of any),
+    /// each with a lease held by `owner`.
+    async fn claim_many(
+        &self,
+        run_id: Option<&str>,
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<AttemptRecord>>;
+
+    /// Claims the oldest claimable queued attempt, if there is one.
     async fn claim(
         &self,
         run_id: Option<&str>,
         owner: &str,
         lease: Duration,
         now: Millis,
-    ) -> StoreResult<Option<AttemptRecord>>;
+    ) -> StoreResult<Option<AttemptRecord>> {
+        Ok(self
+            .claim_many(run_id, owner, lease, now, 1)
+            .await?
+            .into_iter()
+            .next())
+    }
     /// Extends the leases of `owner`'s running attempts (and the heartbeat of its runs).
     /// Returns how many leases it extended.
     async fn heartbeat(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<u64>;

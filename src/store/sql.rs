@@ -203,6 +203,17 @@ fn attempt_from_row(row: &AnyRow) -> StoreResult<AttemptRecord> {
     })
 }
 
+/// How many task ids go into one `IN (...)` list.
+const ENQUEUE_BATCH: usize = 500;
+
+/// `$first, $first+1, ...` for `n` bound values.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -383,20 +394,37 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        for task in task_ids {
-            let moved = sqlx::query("UPDATE task_runs SET state = 'queued', attempts = attempts + 1 WHERE run_id = $1 AND task_id = $2 AND state = 'pending'")
-                .bind(run_id)
-                .bind(task)
-                .execute(&mut *tx)
-                .await?;
-            if moved.rows_affected() == 1 {
-                sqlx::query("INSERT INTO attempts (run_id, task_id, number, state, available_at) SELECT run_id, task_id, attempts, 'queued', $1 FROM task_runs WHERE run_id = $2 AND task_id = $3")
-                    .bind(now)
-                    .bind(run_id)
-                    .bind(task)
-                    .execute(&mut *tx)
-                    .await?;
+        // Two statements per batch of tasks, not two per task: a layer of a wide DAG
+        // becomes ready at once.
+        for chunk in task_ids.chunks(ENQUEUE_BATCH) {
+            let update = format!(
+                "UPDATE task_runs SET state = 'queued', attempts = attempts + 1 \
+                 WHERE run_id = $1 AND state = 'pending' AND task_id IN ({}) RETURNING task_id",
+                placeholders(2, chunk.len())
+            );
+            let mut moved = sqlx::query_as::<_, (String,)>(&update).bind(run_id);
+            for t in chunk {
+                moved = moved.bind(t);
             }
+            let moved: Vec<String> = moved
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .map(|(t,)| t)
+                .collect();
+            if moved.is_empty() {
+                continue;
+            }
+            let insert = format!(
+                "INSERT INTO attempts (run_id, task_id, number, state, available_at) \
+                 SELECT run_id, task_id, attempts, 'queued', $2 FROM task_runs WHERE run_id = $1 AND task_id IN ({}) ORDER BY position",
+                placeholders(3, moved.len())
+            );
+            let mut query = sqlx::query(&insert).bind(run_id).bind(now);
+            for t in &moved {
+                query = query.bind(t);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -450,43 +478,51 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn claim(
+    async fn claim_many(
         &self,
         run_id: Option<&str>,
         owner: &str,
         lease: Duration,
         now: Millis,
-    ) -> StoreResult<Option<AttemptRecord>> {
+        limit: usize,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let lock = match self.dialect {
             Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
             Dialect::Sqlite => "",
         };
         let sql = format!(
             "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
-             WHERE id = (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) ORDER BY available_at, id LIMIT 1{lock}) \
+             WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) ORDER BY available_at, id LIMIT $5{lock}) \
              RETURNING {ATTEMPT_COLS}"
         );
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let row = sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(owner)
             .bind(now + ms(lease))
             .bind(now)
             .bind(run_id.map(String::from))
-            .fetch_optional(&mut *tx)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
             .await?;
-        let Some(row) = row else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let attempt = attempt_from_row(&row)?;
-        sqlx::query("UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND task_id = $3")
-            .bind(now)
-            .bind(&attempt.run_id)
-            .bind(&attempt.task_id)
-            .execute(&mut *tx)
-            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(attempt_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        // RETURNING gives no order guarantee; keep the queue's.
+        claimed.sort_by_key(|a| (a.available_at, a.id));
+        for attempt in &claimed {
+            sqlx::query("UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND task_id = $3")
+                .bind(now)
+                .bind(&attempt.run_id)
+                .bind(&attempt.task_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
-        Ok(Some(attempt))
+        Ok(claimed)
     }
 
     async fn heartbeat(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<u64> {

@@ -342,6 +342,39 @@ async fn concurrent_claims_never_share_an_attempt(s: Arc<dyn Store>) {
     );
 }
 
+async fn claim_many_takes_up_to_the_limit_in_queue_order(s: &dyn Store) {
+    s.create_run(&new_run("m1", &["a", "b", "c"]), 0)
+        .await
+        .unwrap();
+    // Enqueued together, they queue in pipeline order, whatever order they are given in.
+    s.enqueue("m1", &["c".into(), "a".into(), "b".into()], 0)
+        .await
+        .unwrap();
+    let two = s.claim_many(Some("m1"), "w", LEASE, 1, 2).await.unwrap();
+    assert_eq!(
+        two.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    let rest = s.claim_many(Some("m1"), "w", LEASE, 1, 10).await.unwrap();
+    assert_eq!(
+        rest.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        vec!["c"]
+    );
+    assert!(s
+        .claim_many(Some("m1"), "w", LEASE, 1, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let states: Vec<TaskState> = s
+        .task_runs("m1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(states, vec![TaskState::Running; 3]);
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -362,7 +395,8 @@ conformance!(
     queue_claim_complete,
     retries_wait_for_their_time,
     leases_expire_and_late_results_are_rejected,
-    finalize_and_reset
+    finalize_and_reset,
+    claim_many_takes_up_to_the_limit_in_queue_order
 );
 
 #[tokio::test]
