@@ -70,6 +70,16 @@ impl SqlStore {
                 }),
             Dialect::Postgres => AnyPoolOptions::new().max_connections(8),
         };
+        // One direct connection first: a wrong host, port, password or path then fails at
+        // once with the driver's own message, instead of a pool time-out 30 s later.
+        {
+            use sqlx::Connection;
+            let probe =
+                tokio::time::timeout(Duration::from_secs(10), sqlx::AnyConnection::connect(&url))
+                    .await
+                    .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+            probe.close().await?;
+        }
         let pool = options
             .acquire_timeout(Duration::from_secs(30))
             .connect(&url)
