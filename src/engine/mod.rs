@@ -1,29 +1,27 @@
-//! The engine: executes one run of a pipeline through the store's queue.
+//! The engine: executes runs of pipelines through the store's queue.
 //!
-//! The coordinator decides which tasks are ready (trigger rules), enqueues their attempts in
-//! the store, claims them into at most `max_workers` slots with a lease, runs them
-//! (`attempt`), heartbeats the leases, and records each result together with what follows
-//! (success, a retry after its backoff, or a final failure). It holds a cache of task states
-//! that is only ever written after the store accepted the change, so a crash loses nothing:
-//! `cauce retry` (`recover`) marks the attempts of a dead process as lost and resumes.
+//! This module creates runs, loads stored runs (a retry re-reads the pipeline text kept with
+//! the run), prepares a crashed or failed run for `cauce retry` (attempts of a dead process
+//! are marked lost, tasks that did not succeed go back to pending), and runs child pipelines.
+//! `coordinator` drives one run (triggers, slots, retries, critical failures, cancellation),
+//! `attempt` runs one attempt of one task, `report` builds the run's JSON report.
 
 pub mod attempt;
+mod coordinator;
 pub mod report;
 
 use crate::dag;
 use crate::project::Project;
 use crate::spec::{Pipeline, SpecErrors};
-use crate::state::{AttemptState, Readiness, RunState, TaskState};
-use crate::store::{now_ms, AttemptResult, NewRun, Next, Store, StoreError};
+use crate::state::{RunState, TaskState};
+use crate::store::{now_ms, NewRun, Next, Store, StoreError};
 use crate::tasks::{PipelineRunner, TaskContext, TaskError};
 use crate::template::Templates;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use indexmap::{IndexMap, IndexSet};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How often a running engine looks for a cancel request made by another process.
@@ -343,53 +341,16 @@ impl Engine {
         events: EventSink,
         cancel: CancellationToken,
     ) -> Result<RunState, EngineError> {
-        let svc = &self.services;
-        let store = &svc.store;
-        let lease = svc.project.settings.lease;
-        let heartbeat_every = lease / 3;
-        store.take_run(&run.id, &svc.owner, now_ms()).await?;
-
-        let records = store.task_runs(&run.id).await?;
-        let selected: HashSet<String> = records.iter().map(|r| r.task_id.clone()).collect();
-        let mut states: HashMap<String, TaskState> = records
-            .iter()
-            .map(|r| (r.task_id.clone(), r.state))
-            .collect();
-        let budget_base: HashMap<String, u32> = records
-            .iter()
-            .map(|r| (r.task_id.clone(), r.budget_base))
-            .collect();
-        let critical: HashMap<String, bool> = records
-            .iter()
-            .map(|r| (r.task_id.clone(), r.critical))
-            .collect();
-        let order: Vec<String> = records.iter().map(|r| r.task_id.clone()).collect();
-        let position: HashMap<&str, usize> = order
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.as_str(), i))
-            .collect();
-        // Downstream edges within the selection.
-        let mut dependents: HashMap<&str, Vec<&str>> = HashMap::new();
-        for id in &order {
-            let Some(task) = run.pipeline.tasks.get(id) else {
-                return Err(EngineError::Refused(format!(
-                    "task `{id}` of run {} is not in its pipeline",
-                    run.id
-                )));
-            };
-            for d in &task.depends_on {
-                if selected.contains(d) {
-                    dependents.entry(d.as_str()).or_default().push(id.as_str());
-                }
-            }
-        }
+        self.services
+            .store
+            .take_run(&run.id, &self.services.owner, now_ms())
+            .await?;
         // Every event is also a structured log line (`CAUCE_LOG=info`, `--log-format json`).
-        let run_id_for_log = run.id.clone();
+        let run_id = run.id.clone();
         let events: EventSink = Arc::new(move |e: Event| {
             match &e {
                 Event::Started { task, attempt } => {
-                    tracing::info!(run = %run_id_for_log, task = %task, attempt, "task started")
+                    tracing::info!(run = %run_id, task = %task, attempt, "task started")
                 }
                 Event::Retrying {
                     task,
@@ -397,12 +358,12 @@ impl Engine {
                     delay,
                     error,
                 } => {
-                    tracing::info!(run = %run_id_for_log, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
+                    tracing::info!(run = %run_id, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
                 }
                 Event::Finished {
                     task, state, error, ..
                 } => {
-                    tracing::info!(run = %run_id_for_log, task = %task, state = %state, error = error.as_deref().unwrap_or(""), "task finished")
+                    tracing::info!(run = %run_id, task = %task, state = %state, error = error.as_deref().unwrap_or(""), "task finished")
                 }
             }
             events(e);
@@ -411,398 +372,10 @@ impl Engine {
             engine: self.clone(),
             depth: run.depth,
         });
-
-        let mut dirty: IndexSet<String> = order
-            .iter()
-            .filter(|t| states[*t] == TaskState::Pending)
-            .cloned()
-            .collect();
-        let mut inflight: JoinSet<attempt::AttemptOutcome> = JoinSet::new();
-        let mut stopping: Option<String> = None;
-        // Tasks skipped because something upstream failed (as opposed to a handler whose
-        // `one_failed` trigger simply did not fire): they make the run partial.
-        let mut skipped_by_failure: HashSet<String> = HashSet::new();
-        let mut cancelled = false;
-        let mut next_heartbeat = tokio::time::Instant::now() + heartbeat_every;
-        let mut next_cancel_poll = tokio::time::Instant::now() + CANCEL_POLL;
-        // When each retrying task's next attempt may be claimed.
-        let mut retry_at: HashMap<String, i64> = HashMap::new();
-        // How many attempts of this run are in the queue and claimable now. This engine is
-        // the only claimer of its run, so it knows without asking the store.
-        let mut claimable: usize = order
-            .iter()
-            .filter(|t| states[*t] == TaskState::Queued)
-            .count();
-
-        loop {
-            // 1. Decide what became ready or can no longer run. After a critical failure
-            // only handlers (`one_failed`, `all_done`) are still pending and may start.
-            if !cancelled {
-                let mut ready = Vec::new();
-                let mut skips = Vec::new();
-                while let Some(id) = dirty.pop() {
-                    if states[&id] != TaskState::Pending {
-                        continue;
-                    }
-                    let task = &run.pipeline.tasks[&id];
-                    let ups = task
-                        .depends_on
-                        .iter()
-                        .filter(|d| selected.contains(*d))
-                        .map(|d| states[d]);
-                    match task.trigger.evaluate(ups) {
-                        Readiness::Wait => {}
-                        Readiness::Ready => ready.push(id.clone()),
-                        Readiness::Skip => {
-                            let failed: Vec<&str> = task
-                                .depends_on
-                                .iter()
-                                .filter(|d| {
-                                    matches!(
-                                        states.get(*d),
-                                        Some(
-                                            TaskState::Failed
-                                                | TaskState::Skipped
-                                                | TaskState::Cancelled
-                                        )
-                                    )
-                                })
-                                .map(|d| d.as_str())
-                                .collect();
-                            let why = if failed.is_empty() {
-                                format!("trigger `{}` not met", task.trigger.as_str())
-                            } else {
-                                format!("upstream did not succeed: {}", failed.join(", "))
-                            };
-                            let caused_by_failure = task.depends_on.iter().any(|d| {
-                                matches!(
-                                    states.get(d),
-                                    Some(TaskState::Failed | TaskState::Cancelled)
-                                ) || skipped_by_failure.contains(d)
-                            });
-                            if caused_by_failure {
-                                skipped_by_failure.insert(id.clone());
-                            }
-                            skips.push((id.clone(), TaskState::Skipped, Some(why)));
-                            states.insert(id.clone(), TaskState::Skipped);
-                            for d in dependents.get(id.as_str()).into_iter().flatten() {
-                                dirty.insert(d.to_string());
-                            }
-                        }
-                    }
-                }
-                if !skips.is_empty() {
-                    store.finalize_tasks(&run.id, &skips, now_ms()).await?;
-                    for (id, state, err) in skips {
-                        events(Event::Finished {
-                            task: id,
-                            state,
-                            elapsed: None,
-                            error: err,
-                        });
-                    }
-                }
-                if !ready.is_empty() {
-                    // Keep file order so that equal tasks start in the order written.
-                    ready.sort_by_key(|id| position.get(id.as_str()).copied());
-                    store.enqueue(&run.id, &ready, now_ms()).await?;
-                    claimable += ready.len();
-                    for id in ready {
-                        states.insert(id, TaskState::Queued);
-                    }
-                }
-            }
-
-            // 2. Fill free slots from the queue.
-            if !cancelled {
-                let now = now_ms();
-                retry_at.retain(|_, at| {
-                    let due = *at <= now;
-                    if due {
-                        claimable += 1;
-                    }
-                    !due
-                });
-                let want = claimable.min(run.max_workers.saturating_sub(inflight.len()));
-                if want > 0 {
-                    let claimed = store
-                        .claim_many(Some(&run.id), &svc.owner, lease, now, want)
-                        .await?;
-                    claimable = if claimed.len() < want {
-                        0
-                    } else {
-                        claimable - want
-                    };
-                    for a in claimed {
-                        let task = run.pipeline.tasks[&a.task_id].clone();
-                        states.insert(a.task_id.clone(), TaskState::Running);
-                        events(Event::Started {
-                            task: a.task_id.clone(),
-                            attempt: a.number,
-                        });
-                        let token = cancel.child_token();
-                        inflight.spawn(attempt::run_attempt(
-                            Arc::clone(svc),
-                            Arc::clone(&run),
-                            task,
-                            a,
-                            token,
-                            Arc::clone(&runner),
-                        ));
-                    }
-                }
-            }
-
-            // 3. Finished?
-            if inflight.is_empty() {
-                let waiting_retry = states.values().any(|s| *s == TaskState::Retrying);
-                let queued = states.values().any(|s| *s == TaskState::Queued);
-                if cancelled || (!waiting_retry && !queued && dirty.is_empty()) {
-                    let leftover_state = if cancelled {
-                        TaskState::Cancelled
-                    } else {
-                        TaskState::Skipped
-                    };
-                    let reason = if cancelled {
-                        "run cancelled".to_string()
-                    } else {
-                        "not run: its trigger could not be met".to_string()
-                    };
-                    let mut leftovers = Vec::new();
-                    for id in &order {
-                        match states[id] {
-                            s if s.is_final() => {}
-                            TaskState::Retrying if !cancelled => {
-                                leftovers.push((id.clone(), TaskState::Failed, None));
-                            }
-                            _ => leftovers.push((id.clone(), leftover_state, Some(reason.clone()))),
-                        }
-                    }
-                    store.finalize_tasks(&run.id, &leftovers, now_ms()).await?;
-                    for (id, state, err) in leftovers {
-                        states.insert(id.clone(), state);
-                        events(Event::Finished {
-                            task: id,
-                            state,
-                            elapsed: None,
-                            error: err,
-                        });
-                    }
-                    break;
-                }
-            }
-
-            // 4. Wait for something to happen.
-            let wake = match retry_at.values().min() {
-                Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 500) as u64),
-                None => Duration::from_millis(500),
-            };
-            tokio::select! {
-                Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
-                    let outcome = match joined {
-                        Ok(o) => o,
-                        Err(e) => return Err(EngineError::Refused(format!("a task attempt panicked: {e}; this is a bug, please report it"))),
-                    };
-                    let id = outcome.attempt.task_id.clone();
-                    let (next, event) = self.decide(&run, &outcome, budget_base[&id], stopping.is_some() || cancelled);
-                    let result = attempt_result(&outcome, svc);
-                    let accepted = store.complete(outcome.attempt.id, &svc.owner, &result, next, now_ms()).await?;
-                    if !accepted {
-                        tracing::warn!(task = %id, attempt = outcome.attempt.number, "result rejected: this process no longer holds the attempt's lease");
-                        let fresh = store.task_runs(&run.id).await?;
-                        if let Some(t) = fresh.iter().find(|t| t.task_id == id) {
-                            states.insert(id.clone(), t.state);
-                        }
-                        // Let the next claim ask the store what is really queued.
-                        claimable = claimable.max(1);
-                        continue;
-                    }
-                    match next {
-                        Next::Final(state) => {
-                            states.insert(id.clone(), state);
-                            if state == TaskState::Failed && critical[&id] && stopping.is_none() {
-                                stopping = Some(id.clone());
-                                // Nothing new starts: every task still waiting for its upstream
-                                // to succeed is skipped now; retries waiting are given up.
-                                let mut stop_updates = Vec::new();
-                                for t in &order {
-                                    let trigger = run.pipeline.tasks[t].trigger;
-                                    match states[t] {
-                                        TaskState::Pending | TaskState::Queued if trigger == crate::state::Trigger::AllSuccess => {
-                                            stop_updates.push((t.clone(), TaskState::Skipped, Some(format!("not run: critical task `{id}` failed"))));
-                                        }
-                                        TaskState::Retrying => stop_updates.push((t.clone(), TaskState::Failed, None)),
-                                        _ => {}
-                                    }
-                                }
-                                store.finalize_tasks(&run.id, &stop_updates, now_ms()).await?;
-                                for (t, st, err) in stop_updates {
-                                    states.insert(t.clone(), st);
-                                    if st == TaskState::Skipped {
-                                        skipped_by_failure.insert(t.clone());
-                                    }
-                                    for d in dependents.get(t.as_str()).into_iter().flatten() {
-                                        dirty.insert(d.to_string());
-                                    }
-                                    events(Event::Finished { task: t, state: st, elapsed: None, error: err });
-                                }
-                                claimable = order.iter().filter(|t| states[*t] == TaskState::Queued).count();
-                                retry_at.retain(|t, _| states[t] == TaskState::Retrying);
-                            }
-                            for d in dependents.get(id.as_str()).into_iter().flatten() {
-                                dirty.insert(d.to_string());
-                            }
-                        }
-                        Next::Retry { available_at } => {
-                            states.insert(id.clone(), TaskState::Retrying);
-                            retry_at.insert(id.clone(), available_at);
-                        }
-                    }
-                    events(event);
-                }
-                _ = cancel.cancelled(), if !cancelled => {
-                    cancelled = true;
-                }
-                _ = tokio::time::sleep(wake) => {}
-            }
-
-            let now = tokio::time::Instant::now();
-            if now >= next_heartbeat {
-                next_heartbeat = now + heartbeat_every;
-                store.heartbeat(&svc.owner, lease, now_ms()).await?;
-            }
-            if now >= next_cancel_poll && !cancelled {
-                // `cauce cancel` from another process sets a flag in the store.
-                next_cancel_poll = now + CANCEL_POLL;
-                if store
-                    .get_run(&run.id)
-                    .await?
-                    .is_some_and(|r| r.cancel_requested)
-                {
-                    cancel.cancel();
-                    cancelled = true;
-                }
-            }
-        }
-
-        let final_state = if cancelled {
-            RunState::Cancelled
-        } else if stopping.is_some() {
-            RunState::Failed
-        } else if states.values().any(|s| *s == TaskState::Failed) || !skipped_by_failure.is_empty()
-        {
-            RunState::Partial
-        } else {
-            RunState::Success
-        };
-        let error = match (&stopping, cancelled) {
-            (_, true) => Some("cancelled".to_string()),
-            (Some(t), _) => Some(format!("critical task `{t}` failed")),
-            _ => None,
-        };
-        store
-            .finish_run(&run.id, final_state, error.as_deref(), now_ms())
-            .await?;
-        if let Err(e) = report::write_report(svc, &run.id).await {
-            tracing::warn!("could not write the report of run {}: {e}", run.id);
-        }
-        Ok(final_state)
-    }
-
-    /// What follows an attempt: final state or a retry, and the event to show.
-    fn decide(
-        &self,
-        run: &RunInfo,
-        o: &attempt::AttemptOutcome,
-        budget_base: u32,
-        stopping: bool,
-    ) -> (Next, Event) {
-        let task = &run.pipeline.tasks[&o.attempt.task_id];
-        let id = task.id.clone();
-        match &o.result {
-            Ok(_) => (
-                Next::Final(TaskState::Success),
-                Event::Finished {
-                    task: id,
-                    state: TaskState::Success,
-                    elapsed: Some(o.elapsed),
-                    error: None,
-                },
-            ),
-            Err(TaskError::Cancelled) if !o.timed_out => (
-                Next::Final(TaskState::Cancelled),
-                Event::Finished {
-                    task: id,
-                    state: TaskState::Cancelled,
-                    elapsed: Some(o.elapsed),
-                    error: Some("cancelled".into()),
-                },
-            ),
-            Err(e) => {
-                let error = self.services.project.secrets.redact(&e.to_string());
-                let used = o.attempt.number.saturating_sub(budget_base);
-                if e.retryable() && !stopping && used <= task.retry.retries {
-                    let delay = task.retry.delay_for(used);
-                    (
-                        Next::Retry {
-                            available_at: now_ms() + delay.as_millis() as i64,
-                        },
-                        Event::Retrying {
-                            task: id,
-                            attempt: o.attempt.number,
-                            delay,
-                            error,
-                        },
-                    )
-                } else {
-                    (
-                        Next::Final(TaskState::Failed),
-                        Event::Finished {
-                            task: id,
-                            state: TaskState::Failed,
-                            elapsed: Some(o.elapsed),
-                            error: Some(error),
-                        },
-                    )
-                }
-            }
-        }
-    }
-}
-
-fn attempt_result(o: &attempt::AttemptOutcome, svc: &Services) -> AttemptResult {
-    let (state, error, output, metrics) = match &o.result {
-        Ok(out) => (
-            AttemptState::Success,
-            None,
-            (!out.value.is_null()).then(|| svc.project.secrets.redact_json(&out.value)),
-            serde_json::to_value(&out.metrics)
-                .ok()
-                .filter(|m| m.as_object().is_some_and(|o| !o.is_empty())),
-        ),
-        Err(TaskError::Cancelled) if !o.timed_out => (
-            AttemptState::Cancelled,
-            Some("cancelled".to_string()),
-            None,
-            None,
-        ),
-        Err(e) => (
-            AttemptState::Failed,
-            Some(svc.project.secrets.redact(&e.to_string())),
-            None,
-            None,
-        ),
-    };
-    AttemptResult {
-        state: Some(state),
-        error,
-        exit_code: o.stats.and_then(|s| s.exit_code).map(i64::from),
-        peak_rss_kb: o.stats.map(|s| s.peak_rss_kb as i64),
-        cpu_user_ms: o.stats.map(|s| s.cpu_user_ms as i64),
-        cpu_sys_ms: o.stats.map(|s| s.cpu_sys_ms as i64),
-        output,
-        metrics,
-        log_path: Some(o.log_path.clone()),
+        coordinator::Coordinator::new(self.clone(), run, events, cancel, runner)
+            .await?
+            .run()
+            .await
     }
 }
 

@@ -257,6 +257,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         error: Option<&str>,
         now: Millis,
     ) -> StoreResult<()>;
+    /// Whether someone asked for a run to be cancelled (cheap; polled by its executor).
+    async fn cancel_requested(&self, run_id: &str) -> StoreResult<bool>;
     /// Asks for a run to be cancelled; its executor sees the flag. Returns false if the run
     /// had already ended.
     async fn request_cancel(&self, run_id: &str) -> StoreResult<bool>;

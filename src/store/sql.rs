@@ -390,6 +390,15 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn cancel_requested(&self, run_id: &str) -> StoreResult<bool> {
+        let flag: Option<(i64,)> =
+            sqlx::query_as("SELECT cancel_requested FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(flag.is_some_and(|(f,)| f != 0))
+    }
+
     async fn request_cancel(&self, run_id: &str) -> StoreResult<bool> {
         let done =
             sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = $1 AND state = 'running'")

@@ -1,0 +1,536 @@
+//! The coordinator of one run: decides which tasks are ready (trigger rules), enqueues their
+//! attempts in the store, claims them into at most `max_workers` slots, records each result
+//! with what follows it (success, a retry after its backoff, a final failure), stops the run
+//! after a critical failure, heartbeats its leases and watches for cancellation.
+//!
+//! It keeps an in-memory view of the task states to avoid re-reading the store; that view is
+//! only ever changed after the store accepted the same change, so a crash loses nothing.
+//! Running an attempt belongs to `attempt`; storage to `crate::store`.
+
+use super::attempt::{self, AttemptOutcome};
+use super::{report, Engine, EngineError, Event, EventSink, RunInfo, CANCEL_POLL};
+use crate::state::{AttemptState, Readiness, RunState, TaskState, Trigger};
+use crate::store::{now_ms, AttemptResult, Next};
+use crate::tasks::{PipelineRunner, TaskError};
+use indexmap::IndexSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// A final state for a task, with the reason shown to the user.
+type Finalization = (String, TaskState, Option<String>);
+
+pub(super) struct Coordinator {
+    engine: Engine,
+    run: Arc<RunInfo>,
+    events: EventSink,
+    cancel: CancellationToken,
+    runner: Arc<dyn PipelineRunner>,
+    /// Selected task ids in pipeline order.
+    order: Vec<String>,
+    position: HashMap<String, usize>,
+    selected: HashSet<String>,
+    /// Downstream edges within the selection.
+    dependents: HashMap<String, Vec<String>>,
+    states: HashMap<String, TaskState>,
+    budget_base: HashMap<String, u32>,
+    critical: HashMap<String, bool>,
+    /// Pending tasks whose upstream changed since they were last evaluated.
+    dirty: IndexSet<String>,
+    inflight: JoinSet<AttemptOutcome>,
+    /// The critical task whose failure stopped the run.
+    stopping: Option<String>,
+    cancelled: bool,
+    /// Tasks skipped because something upstream failed (as opposed to a handler whose
+    /// `one_failed` trigger did not fire): they make the run partial.
+    skipped_by_failure: HashSet<String>,
+    /// When each retrying task's next attempt may be claimed.
+    retry_at: HashMap<String, i64>,
+    /// How many attempts of this run are queued and claimable now. This coordinator is the
+    /// only claimer of its run, so it knows without asking the store.
+    claimable: usize,
+}
+
+impl Coordinator {
+    /// Loads the run's task states from the store.
+    pub(super) async fn new(
+        engine: Engine,
+        run: Arc<RunInfo>,
+        events: EventSink,
+        cancel: CancellationToken,
+        runner: Arc<dyn PipelineRunner>,
+    ) -> Result<Coordinator, EngineError> {
+        let records = engine.services.store.task_runs(&run.id).await?;
+        let order: Vec<String> = records.iter().map(|r| r.task_id.clone()).collect();
+        let selected: HashSet<String> = order.iter().cloned().collect();
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for id in &order {
+            let Some(task) = run.pipeline.tasks.get(id) else {
+                return Err(EngineError::Refused(format!(
+                    "task `{id}` of run {} is not in its pipeline",
+                    run.id
+                )));
+            };
+            for d in task.depends_on.iter().filter(|d| selected.contains(*d)) {
+                dependents.entry(d.clone()).or_default().push(id.clone());
+            }
+        }
+        let states: HashMap<String, TaskState> = records
+            .iter()
+            .map(|r| (r.task_id.clone(), r.state))
+            .collect();
+        let dirty = order
+            .iter()
+            .filter(|t| states[*t] == TaskState::Pending)
+            .cloned()
+            .collect();
+        let claimable = order
+            .iter()
+            .filter(|t| states[*t] == TaskState::Queued)
+            .count();
+        Ok(Coordinator {
+            position: order
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.clone(), i))
+                .collect(),
+            budget_base: records
+                .iter()
+                .map(|r| (r.task_id.clone(), r.budget_base))
+                .collect(),
+            critical: records
+                .iter()
+                .map(|r| (r.task_id.clone(), r.critical))
+                .collect(),
+            engine,
+            run,
+            events,
+            cancel,
+            runner,
+            order,
+            selected,
+            dependents,
+            states,
+            dirty,
+            inflight: JoinSet::new(),
+            stopping: None,
+            cancelled: false,
+            skipped_by_failure: HashSet::new(),
+            retry_at: HashMap::new(),
+            claimable,
+        })
+    }
+
+    /// Runs until every selected task is final; records and returns the run's state.
+    pub(super) async fn run(mut self) -> Result<RunState, EngineError> {
+        let svc = Arc::clone(&self.engine.services);
+        let lease = svc.project.settings.lease;
+        let mut next_heartbeat = tokio::time::Instant::now() + lease / 3;
+        let mut next_cancel_poll = tokio::time::Instant::now() + CANCEL_POLL;
+        loop {
+            if !self.cancelled {
+                self.evaluate().await?;
+                self.fill_slots().await?;
+            }
+            if self.inflight.is_empty() && self.finish_if_done().await? {
+                break;
+            }
+            // Wait for an attempt to end, a retry to come due, or a cancellation.
+            let wake = match self.retry_at.values().min() {
+                Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 500) as u64),
+                None => Duration::from_millis(500),
+            };
+            tokio::select! {
+                Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
+                    let outcome = joined.map_err(|e| {
+                        EngineError::Refused(format!("a task attempt panicked: {e}; this is a bug, please report it"))
+                    })?;
+                    self.on_outcome(outcome).await?;
+                }
+                _ = self.cancel.cancelled(), if !self.cancelled => self.cancelled = true,
+                _ = tokio::time::sleep(wake) => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= next_heartbeat {
+                next_heartbeat = now + lease / 3;
+                svc.store.heartbeat(&svc.owner, lease, now_ms()).await?;
+            }
+            if now >= next_cancel_poll && !self.cancelled {
+                // `cauce cancel` from another process sets a flag in the store.
+                next_cancel_poll = now + CANCEL_POLL;
+                if svc.store.cancel_requested(&self.run.id).await? {
+                    self.cancel.cancel();
+                    self.cancelled = true;
+                }
+            }
+        }
+        let state = self.final_state();
+        let error = match (&self.stopping, self.cancelled) {
+            (_, true) => Some("cancelled".to_string()),
+            (Some(t), _) => Some(format!("critical task `{t}` failed")),
+            _ => None,
+        };
+        svc.store
+            .finish_run(&self.run.id, state, error.as_deref(), now_ms())
+            .await?;
+        tracing::info!(run = %self.run.id, pipeline = %self.run.pipeline.name, state = %state, "run finished");
+        if let Err(e) = report::write_report(&svc, &self.run.id).await {
+            tracing::warn!("could not write the report of run {}: {e}", self.run.id);
+        }
+        Ok(state)
+    }
+
+    /// Records final states, then updates the view, wakes dependents and tells the UI.
+    async fn finalize(&mut self, updates: Vec<Finalization>) -> Result<(), EngineError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .services
+            .store
+            .finalize_tasks(&self.run.id, &updates, now_ms())
+            .await?;
+        for (id, state, error) in updates {
+            self.states.insert(id.clone(), state);
+            self.wake_dependents(&id);
+            (self.events)(Event::Finished {
+                task: id,
+                state,
+                elapsed: None,
+                error,
+            });
+        }
+        Ok(())
+    }
+
+    fn wake_dependents(&mut self, id: &str) {
+        if let Some(ds) = self.dependents.get(id) {
+            self.dirty.extend(ds.iter().cloned());
+        }
+    }
+
+    /// Enqueues the pending tasks whose trigger now holds and skips those whose trigger can
+    /// no longer hold. After a critical failure only handlers are still pending.
+    async fn evaluate(&mut self) -> Result<(), EngineError> {
+        while !self.dirty.is_empty() {
+            let mut ready = Vec::new();
+            let mut skips = Vec::new();
+            while let Some(id) = self.dirty.pop() {
+                if self.states[&id] != TaskState::Pending {
+                    continue;
+                }
+                let task = &self.run.pipeline.tasks[&id];
+                let upstream: Vec<&String> = task
+                    .depends_on
+                    .iter()
+                    .filter(|d| self.selected.contains(*d))
+                    .collect();
+                match task
+                    .trigger
+                    .evaluate(upstream.iter().map(|d| self.states[*d]))
+                {
+                    Readiness::Wait => {}
+                    Readiness::Ready => ready.push(id),
+                    Readiness::Skip => {
+                        let not_ok: Vec<&str> = upstream
+                            .iter()
+                            .filter(|d| {
+                                matches!(
+                                    self.states[**d],
+                                    TaskState::Failed | TaskState::Skipped | TaskState::Cancelled
+                                )
+                            })
+                            .map(|d| d.as_str())
+                            .collect();
+                        let caused_by_failure = upstream.iter().any(|d| {
+                            matches!(self.states[*d], TaskState::Failed | TaskState::Cancelled)
+                                || self.skipped_by_failure.contains(*d)
+                        });
+                        let why = if not_ok.is_empty() {
+                            format!("trigger `{}` not met", task.trigger.as_str())
+                        } else {
+                            format!("upstream did not succeed: {}", not_ok.join(", "))
+                        };
+                        if caused_by_failure {
+                            self.skipped_by_failure.insert(id.clone());
+                        }
+                        // Final at once in the view, so that dependents evaluated in this same
+                        // pass see it; recorded below before anything acts on it.
+                        self.states.insert(id.clone(), TaskState::Skipped);
+                        skips.push((id, TaskState::Skipped, Some(why)));
+                    }
+                }
+            }
+            // Skips may make more tasks decidable: `finalize` marks their dependents dirty.
+            self.finalize(skips).await?;
+            if !ready.is_empty() {
+                // Equal tasks start in the order they are written.
+                ready.sort_by_key(|id| self.position.get(id).copied());
+                self.engine
+                    .services
+                    .store
+                    .enqueue(&self.run.id, &ready, now_ms())
+                    .await?;
+                self.claimable += ready.len();
+                for id in ready {
+                    self.states.insert(id, TaskState::Queued);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims queued attempts into free slots and starts them.
+    async fn fill_slots(&mut self) -> Result<(), EngineError> {
+        let now = now_ms();
+        let mut due = 0;
+        self.retry_at.retain(|_, at| {
+            let is_due = *at <= now;
+            due += usize::from(is_due);
+            !is_due
+        });
+        self.claimable += due;
+        let want = self
+            .claimable
+            .min(self.run.max_workers.saturating_sub(self.inflight.len()));
+        if want == 0 {
+            return Ok(());
+        }
+        let svc = Arc::clone(&self.engine.services);
+        let claimed = svc
+            .store
+            .claim_many(
+                Some(&self.run.id),
+                &svc.owner,
+                svc.project.settings.lease,
+                now,
+                want,
+            )
+            .await?;
+        self.claimable = if claimed.len() < want {
+            0
+        } else {
+            self.claimable - want
+        };
+        for a in claimed {
+            let task = self.run.pipeline.tasks[&a.task_id].clone();
+            self.states.insert(a.task_id.clone(), TaskState::Running);
+            (self.events)(Event::Started {
+                task: a.task_id.clone(),
+                attempt: a.number,
+            });
+            self.inflight.spawn(attempt::run_attempt(
+                Arc::clone(&svc),
+                Arc::clone(&self.run),
+                task,
+                a,
+                self.cancel.child_token(),
+                Arc::clone(&self.runner),
+            ));
+        }
+        Ok(())
+    }
+
+    /// With nothing running: if nothing can start any more, gives every task left its
+    /// final state and returns true.
+    async fn finish_if_done(&mut self) -> Result<bool, EngineError> {
+        let can_progress =
+            self.claimable > 0 || !self.retry_at.is_empty() || !self.dirty.is_empty();
+        if !self.cancelled && can_progress {
+            return Ok(false);
+        }
+        let (state, reason) = if self.cancelled {
+            (TaskState::Cancelled, "run cancelled")
+        } else {
+            (TaskState::Skipped, "not run: its trigger could not be met")
+        };
+        let leftovers = self
+            .order
+            .iter()
+            .filter(|id| !self.states[*id].is_final())
+            .map(|id| match self.states[id] {
+                TaskState::Retrying if !self.cancelled => (id.clone(), TaskState::Failed, None),
+                _ => (id.clone(), state, Some(reason.to_string())),
+            })
+            .collect();
+        self.finalize(leftovers).await?;
+        Ok(true)
+    }
+
+    /// Records an attempt's result together with what follows it.
+    async fn on_outcome(&mut self, outcome: AttemptOutcome) -> Result<(), EngineError> {
+        let svc = Arc::clone(&self.engine.services);
+        let id = outcome.attempt.task_id.clone();
+        let (next, event) = self.decide(&outcome);
+        let result = attempt_result(&outcome, &svc);
+        let accepted = svc
+            .store
+            .complete(outcome.attempt.id, &svc.owner, &result, next, now_ms())
+            .await?;
+        if !accepted {
+            tracing::warn!(task = %id, attempt = outcome.attempt.number, "result rejected: this process no longer holds the attempt's lease");
+            if let Some(t) = svc
+                .store
+                .task_runs(&self.run.id)
+                .await?
+                .into_iter()
+                .find(|t| t.task_id == id)
+            {
+                self.states.insert(id, t.state);
+            }
+            // Let the next claim ask the store what is really queued.
+            self.claimable = self.claimable.max(1);
+            return Ok(());
+        }
+        match next {
+            Next::Final(state) => {
+                self.states.insert(id.clone(), state);
+                self.wake_dependents(&id);
+                (self.events)(event);
+                if state == TaskState::Failed && self.critical[&id] && self.stopping.is_none() {
+                    self.stop_after_critical_failure(&id).await?;
+                }
+            }
+            Next::Retry { available_at } => {
+                self.states.insert(id.clone(), TaskState::Retrying);
+                self.retry_at.insert(id, available_at);
+                (self.events)(event);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing new starts after a critical failure, except failure handlers: every task
+    /// still waiting for its upstream to succeed is skipped now, and retries waiting are
+    /// given up.
+    async fn stop_after_critical_failure(&mut self, failed: &str) -> Result<(), EngineError> {
+        self.stopping = Some(failed.to_string());
+        let mut updates = Vec::new();
+        for id in &self.order {
+            match self.states[id] {
+                TaskState::Pending | TaskState::Queued
+                    if self.run.pipeline.tasks[id].trigger == Trigger::AllSuccess =>
+                {
+                    self.skipped_by_failure.insert(id.clone());
+                    updates.push((
+                        id.clone(),
+                        TaskState::Skipped,
+                        Some(format!("not run: critical task `{failed}` failed")),
+                    ));
+                }
+                TaskState::Retrying => updates.push((id.clone(), TaskState::Failed, None)),
+                _ => {}
+            }
+        }
+        self.finalize(updates).await?;
+        self.claimable = self
+            .order
+            .iter()
+            .filter(|t| self.states[*t] == TaskState::Queued)
+            .count();
+        let states = &self.states;
+        self.retry_at
+            .retain(|t, _| states[t] == TaskState::Retrying);
+        Ok(())
+    }
+
+    /// What follows an attempt: a final state or a retry, and the event to show.
+    fn decide(&self, o: &AttemptOutcome) -> (Next, Event) {
+        let task = &self.run.pipeline.tasks[&o.attempt.task_id];
+        let id = task.id.clone();
+        let finished = |state, error| Event::Finished {
+            task: id.clone(),
+            state,
+            elapsed: Some(o.elapsed),
+            error,
+        };
+        match &o.result {
+            Ok(_) => (
+                Next::Final(TaskState::Success),
+                finished(TaskState::Success, None),
+            ),
+            Err(TaskError::Cancelled) if !o.timed_out => (
+                Next::Final(TaskState::Cancelled),
+                finished(TaskState::Cancelled, Some("cancelled".into())),
+            ),
+            Err(e) => {
+                let error = self.engine.services.project.secrets.redact(&e.to_string());
+                let used = o.attempt.number.saturating_sub(self.budget_base[&id]);
+                let giving_up = self.stopping.is_some() || self.cancelled;
+                if e.retryable() && !giving_up && used <= task.retry.retries {
+                    let delay = task.retry.delay_for(used);
+                    (
+                        Next::Retry {
+                            available_at: now_ms() + delay.as_millis() as i64,
+                        },
+                        Event::Retrying {
+                            task: id.clone(),
+                            attempt: o.attempt.number,
+                            delay,
+                            error,
+                        },
+                    )
+                } else {
+                    (
+                        Next::Final(TaskState::Failed),
+                        finished(TaskState::Failed, Some(error)),
+                    )
+                }
+            }
+        }
+    }
+
+    fn final_state(&self) -> RunState {
+        if self.cancelled {
+            RunState::Cancelled
+        } else if self.stopping.is_some() {
+            RunState::Failed
+        } else if self.states.values().any(|s| *s == TaskState::Failed)
+            || !self.skipped_by_failure.is_empty()
+        {
+            RunState::Partial
+        } else {
+            RunState::Success
+        }
+    }
+}
+
+/// What the store records of an attempt (errors and outputs with secrets masked).
+fn attempt_result(o: &AttemptOutcome, svc: &super::Services) -> AttemptResult {
+    let secrets = &svc.project.secrets;
+    let (state, error, output, metrics) = match &o.result {
+        Ok(out) => (
+            AttemptState::Success,
+            None,
+            (!out.value.is_null()).then(|| secrets.redact_json(&out.value)),
+            serde_json::to_value(&out.metrics)
+                .ok()
+                .filter(|m| m.as_object().is_some_and(|o| !o.is_empty())),
+        ),
+        Err(TaskError::Cancelled) if !o.timed_out => (
+            AttemptState::Cancelled,
+            Some("cancelled".to_string()),
+            None,
+            None,
+        ),
+        Err(e) => (
+            AttemptState::Failed,
+            Some(secrets.redact(&e.to_string())),
+            None,
+            None,
+        ),
+    };
+    AttemptResult {
+        state: Some(state),
+        error,
+        exit_code: o.stats.and_then(|s| s.exit_code).map(i64::from),
+        peak_rss_kb: o.stats.map(|s| s.peak_rss_kb as i64),
+        cpu_user_ms: o.stats.map(|s| s.cpu_user_ms as i64),
+        cpu_sys_ms: o.stats.map(|s| s.cpu_sys_ms as i64),
+        output,
+        metrics,
+        log_path: Some(o.log_path.clone()),
+    }
+}
