@@ -129,11 +129,16 @@ pub async fn status(cx: Context, args: StatusArgs) -> anyhow::Result<i32> {
         "duration",
         "peak mem"
     );
+    let mut last_attempt: std::collections::HashMap<&str, &crate::store::AttemptRecord> =
+        std::collections::HashMap::new();
+    for a in &attempts {
+        let slot = last_attempt.entry(a.task_id.as_str()).or_insert(a);
+        if a.number > slot.number {
+            *slot = a;
+        }
+    }
     for t in &tasks {
-        let last = attempts
-            .iter()
-            .filter(|a| a.task_id == t.task_id)
-            .max_by_key(|a| a.number);
+        let last = last_attempt.get(t.task_id.as_str());
         let mem = last
             .and_then(|a| a.peak_rss_kb)
             .map(|kb| format!("{:.1} MB", kb as f64 / 1024.0))

@@ -24,11 +24,21 @@ pub async fn build(store: &dyn Store, run_id: &str) -> Result<Value, StoreError>
         .filter_map(|t| t.started_at.map(|s| (s, t.task_id.clone())))
         .collect();
     order.sort();
+    // Attempts grouped by task once, so a run of many tasks is not read quadratically.
+    let mut by_task: std::collections::HashMap<&str, Vec<&crate::store::AttemptRecord>> =
+        std::collections::HashMap::new();
+    for a in attempts
+        .iter()
+        .filter(|a| a.state != crate::state::AttemptState::Queued)
+    {
+        by_task.entry(a.task_id.as_str()).or_default().push(a);
+    }
     let mut results = Map::new();
     for t in &tasks {
-        let tries: Vec<Value> = attempts
-            .iter()
-            .filter(|a| a.task_id == t.task_id && a.state.as_str() != "queued")
+        let tries: Vec<Value> = by_task
+            .get(t.task_id.as_str())
+            .into_iter()
+            .flatten()
             .map(|a| {
                 json!({
                     "attempt": a.number,

@@ -239,14 +239,32 @@ fn resolve_program(program: &std::ffi::OsStr, env: &[(String, String)]) -> std::
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| std::ffi::OsString::from(v))
         .or_else(|| std::env::var_os("PATH"));
-    path.and_then(|paths| {
-        std::env::split_paths(&paths)
-            .take_while(|d| d.is_absolute())
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
-    .map(|p| p.into_os_string())
-    .unwrap_or_else(|| program.to_os_string())
+    path.and_then(|paths| find_in_path(program, &paths))
+        .map(|p| p.into_os_string())
+        .unwrap_or_else(|| program.to_os_string())
+}
+
+/// The first executable file named `program` in the absolute folders of `paths` (a `PATH`
+/// value). Answers are remembered for the life of the process: a DAG of ten thousand
+/// `true` tasks looks `true` up once, not ten thousand times.
+pub fn find_in_path(program: &std::ffi::OsStr, paths: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+    type Cache = Mutex<HashMap<(OsString, OsString), Option<PathBuf>>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let key = (program.to_os_string(), paths.to_os_string());
+    if let Some(hit) = cache.lock().ok().and_then(|c| c.get(&key).cloned()) {
+        return hit;
+    }
+    let found = std::env::split_paths(paths)
+        .take_while(|d| d.is_absolute())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file());
+    if let Ok(mut c) = cache.lock() {
+        c.insert(key, found.clone());
+    }
+    found
 }
 
 /// Copies the child's output into the log in 64 KiB chunks, masking secrets.

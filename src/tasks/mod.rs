@@ -293,8 +293,8 @@ pub fn check_program(program: &str, base_dir: &Path) -> Option<String> {
         };
     }
     let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
+        .and_then(|paths| process::find_in_path(std::ffi::OsStr::new(program), &paths))
+        .is_some();
     if found {
         None
     } else {
