@@ -328,6 +328,8 @@ impl Project {
             python: self.settings.python.clone(),
             python_path: self.settings.python_path.clone(),
             pipelines: self.config_file.as_ref().map(|_| names),
+            spawn_checks: true,
+            installed: Default::default(),
         }
     }
 }

@@ -153,7 +153,11 @@ pub async fn run(cx: Context, args: RunArgs) -> anyhow::Result<i32> {
     };
     let file = cx.project.resolve(&target).map_err(UserError)?;
     let pipeline = cx.project.load_pipeline(&file)?;
-    let problems = check_pipeline(&pipeline, &cx.project.check_context());
+    let check_cx = crate::tasks::CheckContext {
+        spawn_checks: false,
+        ..cx.project.check_context()
+    };
+    let problems = check_pipeline(&pipeline, &check_cx);
     if !problems.is_empty() {
         return Err(SpecErrors(problems).into());
     }

@@ -75,6 +75,12 @@ pub struct CheckContext {
     pub python_path: Vec<PathBuf>,
     /// Names of the project's pipelines (for the `pipeline` kind), when in a project.
     pub pipelines: Option<Vec<String>>,
+    /// Whether checks may start programs (asking the Python interpreter whether a module is
+    /// installed): `cauce validate` does; `cauce run` skips it, since a run reports a
+    /// missing module anyway and must not pay one interpreter start per task.
+    pub spawn_checks: bool,
+    /// Answers of the interpreter, by (interpreter, module), so each is asked once.
+    pub installed: Arc<Mutex<std::collections::HashMap<(String, String), bool>>>,
 }
 
 /// Counters a task reports; the data-plane kinds fill the row and byte counts.

@@ -139,9 +139,19 @@ impl TaskKind for PythonTask {
         match &self.target {
             Target::Function { module, .. } => {
                 let dirs = search_dirs(base_dir, &cx.python_path);
-                if find_module(module, &dirs).is_none()
-                    && !installed_module(interpreter, module, base_dir)
-                {
+                let installed = || {
+                    let key = (interpreter.to_string(), module.clone());
+                    if let Some(known) = cx.installed.lock().ok().and_then(|m| m.get(&key).copied())
+                    {
+                        return known;
+                    }
+                    let found = installed_module(interpreter, module, base_dir);
+                    if let Ok(mut m) = cx.installed.lock() {
+                        m.insert(key, found);
+                    }
+                    found
+                };
+                if find_module(module, &dirs).is_none() && cx.spawn_checks && !installed() {
                     let shown: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
                     problems.push(format!(
                         "python module `{module}` not found (looked for {}.py in {}, and among installed packages)",
