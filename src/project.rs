@@ -171,6 +171,13 @@ impl Project {
         self.state_dir().join("logs")
     }
 
+    /// The log file of one attempt: `.cauce/logs/RUN/TASK.N.log`.
+    pub fn attempt_log(&self, run_id: &str, task_id: &str, number: u32) -> PathBuf {
+        self.logs_dir()
+            .join(run_id)
+            .join(format!("{task_id}.{number}.log"))
+    }
+
     /// Where run reports go.
     pub fn reports_dir(&self) -> PathBuf {
         self.state_dir().join("reports")

@@ -35,7 +35,10 @@ pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
     if orphan {
         let now = now_ms();
         let owners: Vec<String> = run.owner.iter().cloned().collect();
-        store.expire_leases(Some(&id), &owners, now).await?;
+        let lost = store.expire_leases(Some(&id), &owners, now).await?;
+        crate::engine::Engine::new(std::sync::Arc::clone(&svc))
+            .stop_orphans(&lost)
+            .await;
         let updates: Vec<_> = store
             .task_runs(&id)
             .await?

@@ -223,7 +223,6 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
             .into());
         }
     }
-    let logs_root = svc.project.logs_dir();
     let mut printed: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut stdout = std::io::stdout();
     loop {
@@ -236,9 +235,7 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
             .collect();
         for a in &chosen {
             // Log paths come from the store; only files under the project's log folder are read.
-            let path = logs_root
-                .join(&id)
-                .join(format!("{}.{}.log", a.task_id, a.number));
+            let path = svc.project.attempt_log(&id, &a.task_id, a.number);
             let offset = printed.get(&path.display().to_string()).copied();
             if offset.is_none() && args.task.is_none() || offset.is_none() && chosen.len() > 1 {
                 writeln!(
@@ -278,9 +275,7 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
                 .iter()
                 .filter(|a| args.task.as_ref().is_none_or(|t| &a.task_id == t))
             {
-                let path = logs_root
-                    .join(&id)
-                    .join(format!("{}.{}.log", a.task_id, a.number));
+                let path = svc.project.attempt_log(&id, &a.task_id, a.number);
                 let from = printed
                     .get(&path.display().to_string())
                     .copied()

@@ -57,9 +57,7 @@ pub async fn run_attempt(
     let started = Instant::now();
     let log_path = services
         .project
-        .logs_dir()
-        .join(&run.id)
-        .join(format!("{}.{}.log", task.id, attempt.number));
+        .attempt_log(&run.id, &task.id, attempt.number);
     let log = match LogFile::create(&log_path, services.project.secrets.clone()) {
         Ok(l) => l,
         Err(e) => {

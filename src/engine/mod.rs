@@ -308,6 +308,7 @@ impl Engine {
         }
         let dead: Vec<String> = rec.owner.iter().cloned().collect();
         let lost = store.expire_leases(Some(run_id), &dead, now).await?;
+        self.stop_orphans(&lost).await;
         for a in &lost {
             // The lost attempt counts; the task is then reset below with the others.
             store
@@ -330,6 +331,28 @@ impl Engine {
         store.reset_tasks(run_id, &to_reset).await?;
         store.take_run(run_id, &self.services.owner, now).await?;
         Ok(to_reset)
+    }
+
+    /// Stops the processes that lost attempts left running (cauce was killed while they
+    /// ran), so that a retry never runs a task twice at the same time.
+    pub async fn stop_orphans(&self, lost: &[crate::store::AttemptRecord]) {
+        let project = &self.services.project;
+        for a in lost {
+            let log = project.attempt_log(&a.run_id, &a.task_id, a.number);
+            let Some(identity) = crate::process::ProcessIdentity::from_log(&log) else {
+                continue;
+            };
+            let n =
+                crate::process::stop_orphaned_group(&identity, project.settings.kill_grace).await;
+            if n > 0 {
+                let note = format!("[cauce] stopped {n} process(es) this attempt left running when cauce stopped\n");
+                if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log) {
+                    use std::io::Write;
+                    let _ = f.write_all(note.as_bytes());
+                }
+                tracing::warn!(run = %a.run_id, task = %a.task_id, attempt = a.number, processes = n, "stopped processes left by a lost attempt");
+            }
+        }
     }
 
     /// Executes a stored run until every selected task is final; returns the run's state.

@@ -165,6 +165,11 @@ pub async fn run(
     drop(command);
     let pid = child.id() as i32;
     drop(child); // reaped below with wait4, never by std
+                 // Written first, so that after a crash of cauce `cauce retry` can find and stop this
+                 // process group (see `stop_orphaned_group`).
+    if let Some(identity) = ProcessIdentity::of(pid) {
+        log.note(&identity.to_note());
+    }
     let pump = {
         let log = Arc::clone(log);
         tokio::spawn(pump(reader, log))
@@ -210,6 +215,119 @@ pub async fn run(
         },
         cancelled,
     })
+}
+
+/// What identifies a process across a crash of cauce: the machine's boot, its pid and its
+/// start time (clock ticks after boot). A pid alone may have been reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    boot_id: String,
+    pid: i32,
+    start_ticks: u64,
+}
+
+const IDENTITY_PREFIX: &str = "[cauce] process group ";
+
+impl ProcessIdentity {
+    /// The identity of a live process.
+    pub fn of(pid: i32) -> Option<ProcessIdentity> {
+        Some(ProcessIdentity {
+            boot_id: boot_id()?,
+            pid,
+            start_ticks: start_ticks(pid)?,
+        })
+    }
+
+    fn to_note(&self) -> String {
+        format!(
+            "process group {} (boot {}, start {})",
+            self.pid, self.boot_id, self.start_ticks
+        )
+    }
+
+    /// Finds the identity noted in an attempt's log file.
+    pub fn from_log(path: &Path) -> Option<ProcessIdentity> {
+        use std::io::BufRead;
+        let file = std::fs::File::open(path).ok()?;
+        let line = std::io::BufReader::new(file)
+            .lines()
+            .take(200)
+            .map_while(Result::ok)
+            .find(|l| l.starts_with(IDENTITY_PREFIX))?;
+        let rest = line.strip_prefix(IDENTITY_PREFIX)?;
+        let (pid, rest) = rest.split_once(" (boot ")?;
+        let (boot, rest) = rest.split_once(", start ")?;
+        Some(ProcessIdentity {
+            boot_id: boot.to_string(),
+            pid: pid.parse().ok()?,
+            start_ticks: rest.trim_end_matches(')').parse().ok()?,
+        })
+    }
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// Fields of `/proc/PID/stat` after the command name: state is the first (index 0).
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
+fn start_ticks(pid: i32) -> Option<u64> {
+    // Field 22 of stat is the start time; it is the 20th after the command name.
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Stops what is left of a process group started by a cauce that crashed: SIGTERM, then
+/// SIGKILL after `grace`. The group is only signalled when it is certainly that one: on the
+/// same boot, either its leader is alive with the recorded start time, or the leader is gone
+/// and processes still carry its group id (Linux does not reuse a pid that is still a live
+/// process group's id). Returns how many processes were signalled.
+pub async fn stop_orphaned_group(identity: &ProcessIdentity, grace: Duration) -> usize {
+    if boot_id().as_deref() != Some(identity.boot_id.as_str()) {
+        return 0;
+    }
+    let pgid = identity.pid;
+    let leader_is_ours = start_ticks(pgid) == Some(identity.start_ticks);
+    let members = group_members(pgid);
+    let ours = if pid_alive(pgid) {
+        leader_is_ours
+    } else {
+        !members.is_empty()
+    };
+    if !ours || members.is_empty() {
+        return 0;
+    }
+    let _ = sys::signal_group(pgid, libc::SIGTERM);
+    let deadline = tokio::time::Instant::now() + grace;
+    while tokio::time::Instant::now() < deadline && !group_members(pgid).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !group_members(pgid).is_empty() {
+        let _ = sys::signal_group(pgid, libc::SIGKILL);
+    }
+    members.len()
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            stat_fields(*pid).is_some_and(|f| {
+                // f[0] is the state, f[2] the process group.
+                f.first().is_some_and(|s| s != "Z" && s != "X")
+                    && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+            })
+        })
+        .collect()
 }
 
 /// Waits until child `pid` has exited, without reaping it: on a pidfd where the kernel
@@ -416,6 +534,41 @@ mod tests {
         .unwrap();
         assert!(exit.success());
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn orphaned_groups_are_stopped_only_when_they_are_certainly_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        let identity = ProcessIdentity::of(pid).unwrap();
+        let log = LogFile::create(&dir.path().join("x.log"), Secrets::default()).unwrap();
+        log.note("task `t` attempt 1 started");
+        log.note(&identity.to_note());
+        assert_eq!(
+            ProcessIdentity::from_log(log.path()),
+            Some(identity.clone())
+        );
+        // Same pid, other start time: a reused pid, never signalled.
+        let stranger = ProcessIdentity {
+            start_ticks: identity.start_ticks + 1,
+            ..identity.clone()
+        };
+        assert_eq!(
+            stop_orphaned_group(&stranger, Duration::from_millis(100)).await,
+            0
+        );
+        assert!(pid_alive(pid));
+        assert_eq!(
+            stop_orphaned_group(&identity, Duration::from_millis(500)).await,
+            1
+        );
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "sleep was stopped by a signal");
     }
 
     #[test]

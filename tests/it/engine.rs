@@ -228,7 +228,8 @@ fn kill_9_then_retry_completes_without_rerunning_successes() {
     let p = Project::new();
     p.pipeline(
         "crash",
-        "tasks:\n  first: echo first >> ran.txt\n  slow:\n    run: echo slow >> ran.txt; touch slow.started; sleep 2\n    depends_on: [first]\n  last:\n    run: echo last >> ran.txt\n    depends_on: [slow]\n",
+        // The first attempt of `slow` hangs (and leaves a background child); the retry's is quick.
+        "tasks:\n  first: echo first >> ran.txt\n  slow:\n    run: echo slow >> ran.txt; if [ -f slow.started ]; then exit 0; fi; sleep 60 & echo $! > bg.pid; echo $$ > slow.pid; touch slow.started; wait\n    depends_on: [first]\n  last:\n    run: echo last >> ran.txt\n    depends_on: [slow]\n",
     );
     let child = p.spawn(&["run", "crash"]);
     p.wait_for_file("slow.started", Duration::from_secs(10));
@@ -240,10 +241,23 @@ fn kill_9_then_retry_completes_without_rerunning_successes() {
         "running",
         "the store still says running"
     );
-    // Let the orphaned `sleep 2` of the killed run finish before retrying.
-    std::thread::sleep(Duration::from_millis(2200));
+    // The killed cauce left its task running (own process group); retry stops it first.
+    let orphan: i32 = p.read("slow.pid").trim().parse().unwrap();
+    let background: i32 = p.read("bg.pid").trim().parse().unwrap();
+    assert!(alive(orphan) && alive(background));
+    let started = Instant::now();
     let r = p.run(&["retry", &id]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!alive(orphan), "the orphaned task {orphan} still runs");
+    assert!(
+        !alive(background),
+        "its background child {background} still runs"
+    );
     let ran = p.read("ran.txt");
     assert_eq!(
         ran.matches("first").count(),
