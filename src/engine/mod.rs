@@ -328,9 +328,59 @@ impl Engine {
             .filter(|t| t.state != TaskState::Success)
             .map(|t| t.task_id)
             .collect();
+        self.close_orphaned_children(run_id, now).await?;
         store.reset_tasks(run_id, &to_reset).await?;
         store.take_run(run_id, &self.services.owner, now).await?;
         Ok(to_reset)
+    }
+
+    /// Child runs (of `pipeline` tasks) that died with their parent stay `running` in the
+    /// store; a retry of the parent starts new ones, so the old ones are closed as cancelled
+    /// (and their leftover processes stopped).
+    async fn close_orphaned_children(&self, run_id: &str, now: i64) -> Result<(), EngineError> {
+        let store = &self.services.store;
+        let lease = self.services.project.settings.lease;
+        let running = store
+            .list_runs(None, Some(RunState::Running), 10_000)
+            .await?;
+        let mut parents = vec![run_id.to_string()];
+        while let Some(parent) = parents.pop() {
+            for child in running
+                .iter()
+                .filter(|r| r.parent_run_id.as_deref() == Some(parent.as_str()))
+            {
+                if !run_is_orphaned(child, lease, now) {
+                    continue;
+                }
+                let owners: Vec<String> = child.owner.iter().cloned().collect();
+                let lost = store.expire_leases(Some(&child.id), &owners, now).await?;
+                self.stop_orphans(&lost).await;
+                let updates: Vec<_> = store
+                    .task_runs(&child.id)
+                    .await?
+                    .into_iter()
+                    .filter(|t| !t.state.is_final())
+                    .map(|t| {
+                        (
+                            t.task_id,
+                            TaskState::Cancelled,
+                            Some("parent run was retried".to_string()),
+                        )
+                    })
+                    .collect();
+                store.finalize_tasks(&child.id, &updates, now).await?;
+                store
+                    .finish_run(
+                        &child.id,
+                        RunState::Cancelled,
+                        Some("its parent run stopped; the retry of the parent starts a new one"),
+                        now,
+                    )
+                    .await?;
+                parents.push(child.id.clone());
+            }
+        }
+        Ok(())
     }
 
     /// Stops the processes that lost attempts left running (cauce was killed while they

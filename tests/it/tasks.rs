@@ -285,3 +285,44 @@ fn json_bodies_take_template_values_as_json_strings() {
     assert_eq!(v["text"], "say \"hi\", then {leave}");
     assert_eq!(v["n"], 3);
 }
+
+#[test]
+fn retrying_a_crashed_parent_closes_its_orphaned_child_run() {
+    let p = Project::new();
+    p.pipeline(
+        "inner",
+        "tasks:\n  work:\n    run: if [ -f started ]; then exit 0; fi; echo $$ > work.pid; touch started; sleep 60\n",
+    );
+    p.pipeline("outer", "tasks:\n  sub:\n    pipeline: inner\n");
+    let child = p.spawn(&["run", "outer"]);
+    p.wait_for_file("started", std::time::Duration::from_secs(10));
+    signal(child.id(), "KILL");
+    let _ = wait_with_limit(child, std::time::Duration::from_secs(5));
+    let runs: serde_json::Value = serde_json::from_str(&p.run(&["runs", "--json"]).stdout).unwrap();
+    let parent = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["pipeline"] == "outer")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let old_child = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["parent_run_id"] == parent.as_str())
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = p.run(&["retry", &parent]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let orphan: i32 = p.read("work.pid").trim().parse().unwrap();
+    assert!(!alive(orphan), "the child's task process survived");
+    let old = p.status(&old_child);
+    assert_eq!(old["run"]["state"], "cancelled");
+    assert_eq!(old["tasks"][0]["state"], "cancelled");
+    assert_eq!(p.status(&parent)["run"]["state"], "success");
+}
