@@ -116,22 +116,25 @@ impl ParamType {
                 .trim()
                 .parse::<i64>()
                 .map(Value::from)
-                .map_err(|_| format!("`{text}` is not an integer")),
+                .map_err(|_| format!("`{}` is not an integer", shown(text))),
             ParamType::Number => text
                 .trim()
                 .parse::<f64>()
                 .ok()
                 .and_then(serde_json::Number::from_f64)
                 .map(Value::Number)
-                .ok_or_else(|| format!("`{text}` is not a number")),
+                .ok_or_else(|| format!("`{}` is not a number", shown(text))),
             ParamType::Boolean => match text.trim().to_ascii_lowercase().as_str() {
                 "true" | "yes" | "1" => Ok(Value::Bool(true)),
                 "false" | "no" | "0" => Ok(Value::Bool(false)),
-                _ => Err(format!("`{text}` is not a boolean (true or false)")),
+                _ => Err(format!(
+                    "`{}` is not a boolean (true or false)",
+                    shown(text)
+                )),
             },
             ParamType::Date => chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
                 .map(|d| Value::String(d.format("%Y-%m-%d").to_string()))
-                .map_err(|_| format!("`{text}` is not a date (YYYY-MM-DD)")),
+                .map_err(|_| format!("`{}` is not a date (YYYY-MM-DD)", shown(text))),
         }
     }
 }
@@ -142,11 +145,22 @@ impl Param {
         let v = self.kind.coerce(text)?;
         if !self.choices.is_empty() && !self.choices.iter().any(|c| c == text) {
             return Err(format!(
-                "`{text}` is not one of the allowed values: {}",
+                "`{}` is not one of the allowed values: {}",
+                shown(text),
                 self.choices.join(", ")
             ));
         }
         Ok(v)
+    }
+}
+
+/// A value as quoted back in an error message: long values are cut, so that a hostile or
+/// mistaken 100 KB parameter does not flood the terminal.
+fn shown(text: &str) -> String {
+    const MAX: usize = 80;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text.to_string(),
     }
 }
 
