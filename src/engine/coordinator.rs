@@ -10,7 +10,7 @@
 use super::attempt::{self, AttemptOutcome};
 use super::{report, Engine, EngineError, Event, EventSink, RunInfo, CANCEL_POLL};
 use crate::state::{AttemptState, Readiness, RunState, TaskState, Trigger};
-use crate::store::{now_ms, AttemptResult, Next};
+use crate::store::{now_ms, AttemptResult, ClaimRequest, Next};
 use crate::tasks::{PipelineRunner, TaskError};
 use indexmap::IndexSet;
 use std::collections::{HashMap, HashSet};
@@ -268,15 +268,25 @@ impl Coordinator {
             if !ready.is_empty() {
                 // Equal tasks start in the order they are written.
                 ready.sort_by_key(|id| self.position.get(id).copied());
-                self.engine
-                    .services
+                // Enqueue and fill free slots in one transaction.
+                let want = (self.claimable + ready.len()).min(self.free_slots());
+                let svc = Arc::clone(&self.engine.services);
+                let claimed = svc
                     .store
-                    .enqueue(&self.run.id, &ready, now_ms())
+                    .enqueue_and_claim(
+                        &self.run.id,
+                        &ready,
+                        &svc.owner,
+                        svc.project.settings.lease,
+                        want,
+                        now_ms(),
+                    )
                     .await?;
                 self.claimable += ready.len();
                 for id in ready {
                     self.states.insert(id, TaskState::Queued);
                 }
+                self.start_claimed(want, claimed);
             }
         }
         Ok(())
@@ -292,9 +302,7 @@ impl Coordinator {
             !is_due
         });
         self.claimable += due;
-        let want = self
-            .claimable
-            .min(self.run.max_workers.saturating_sub(self.inflight.len()));
+        let want = self.claimable.min(self.free_slots());
         if want == 0 {
             return Ok(());
         }
@@ -309,11 +317,23 @@ impl Coordinator {
                 want,
             )
             .await?;
+        self.start_claimed(want, claimed);
+        Ok(())
+    }
+
+    fn free_slots(&self) -> usize {
+        self.run.max_workers.saturating_sub(self.inflight.len())
+    }
+
+    /// Starts the attempts that a claim of `want` returned.
+    fn start_claimed(&mut self, want: usize, claimed: Vec<crate::store::AttemptRecord>) {
+        // Fewer than asked means the queue is empty, whatever the count said.
         self.claimable = if claimed.len() < want {
             0
         } else {
             self.claimable - want
         };
+        let svc = Arc::clone(&self.engine.services);
         for a in claimed {
             let task = self.run.pipeline.tasks[&a.task_id].clone();
             self.states.insert(a.task_id.clone(), TaskState::Running);
@@ -330,7 +350,6 @@ impl Coordinator {
                 Arc::clone(&self.runner),
             ));
         }
-        Ok(())
     }
 
     /// With nothing running: if nothing can start any more, gives every task left its
@@ -365,10 +384,31 @@ impl Coordinator {
         let id = outcome.attempt.task_id.clone();
         let (next, event) = self.decide(&outcome);
         let result = attempt_result(&outcome, &svc);
-        let accepted = svc
+        // The freed slot is refilled in the same transaction, unless this failure stops the run.
+        let stops_run =
+            next == Next::Final(TaskState::Failed) && self.critical[&id] && self.stopping.is_none();
+        let want = if self.cancelled || stops_run {
+            0
+        } else {
+            self.claimable.min(self.free_slots())
+        };
+        let claim = ClaimRequest {
+            run_id: Some(&self.run.id),
+            lease: svc.project.settings.lease,
+            limit: want,
+        };
+        let (accepted, claimed) = svc
             .store
-            .complete(outcome.attempt.id, &svc.owner, &result, next, now_ms())
+            .complete_and_claim(
+                outcome.attempt.id,
+                &svc.owner,
+                &result,
+                next,
+                claim,
+                now_ms(),
+            )
             .await?;
+        self.start_claimed(want, claimed);
         if !accepted {
             tracing::warn!(task = %id, attempt = outcome.attempt.number, "result rejected: this process no longer holds the attempt's lease");
             if let Some(t) = svc

@@ -225,6 +225,17 @@ pub enum Next {
     },
 }
 
+/// Which attempts to claim after a result, in the same transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// Only attempts of this run (`None`: any run).
+    pub run_id: Option<&'a str>,
+    /// Lease of the claimed attempts.
+    pub lease: Duration,
+    /// At most this many.
+    pub limit: usize,
+}
+
 /// The operations the engine, the CLI and (later) the server and workers need.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -314,6 +325,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         next: Next,
         now: Millis,
     ) -> StoreResult<bool>;
+    /// [`Store::complete`], then [`Store::claim_many`] for the freed slot, in one
+    /// transaction where the backend can (nothing is claimed if the result is rejected).
+    async fn complete_and_claim(
+        &self,
+        attempt_id: i64,
+        owner: &str,
+        result: &AttemptResult,
+        next: Next,
+        claim: ClaimRequest<'_>,
+        now: Millis,
+    ) -> StoreResult<(bool, Vec<AttemptRecord>)> {
+        if !self.complete(attempt_id, owner, result, next, now).await? {
+            return Ok((false, Vec::new()));
+        }
+        let claimed = self
+            .claim_many(claim.run_id, owner, claim.lease, now, claim.limit)
+            .await?;
+        Ok((true, claimed))
+    }
+
+    /// [`Store::enqueue`], then [`Store::claim_many`] on that run, in one transaction where
+    /// the backend can.
+    async fn enqueue_and_claim(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        self.enqueue(run_id, task_ids, now).await?;
+        self.claim_many(Some(run_id), owner, lease, now, limit)
+            .await
+    }
+
     /// Marks `lost` every running attempt whose lease expired or whose owner is listed as
     /// dead (of one run, or of all), and returns them.
     async fn expire_leases(

@@ -273,6 +273,132 @@ async fn apply_next(
     Ok(())
 }
 
+/// Moves pending tasks to `queued` and inserts their next attempts (caller's transaction).
+async fn enqueue_in(
+    conn: &mut sqlx::AnyConnection,
+    run_id: &str,
+    task_ids: &[String],
+    now: Millis,
+) -> StoreResult<()> {
+    // Two statements per batch of tasks, not two per task: a layer of a wide DAG
+    // becomes ready at once.
+    for chunk in task_ids.chunks(ENQUEUE_BATCH) {
+        let update = format!(
+            "UPDATE task_runs SET state = 'queued', attempts = attempts + 1 \
+                 WHERE run_id = $1 AND state = 'pending' AND task_id IN ({}) RETURNING task_id",
+            placeholders(2, chunk.len())
+        );
+        let mut moved = sqlx::query_as::<_, (String,)>(&update).bind(run_id);
+        for t in chunk {
+            moved = moved.bind(t);
+        }
+        let moved: Vec<String> = moved
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .map(|(t,)| t)
+            .collect();
+        if moved.is_empty() {
+            continue;
+        }
+        let insert = format!(
+                "INSERT INTO attempts (run_id, task_id, number, state, available_at) \
+                 SELECT run_id, task_id, attempts, 'queued', $2 FROM task_runs WHERE run_id = $1 AND task_id IN ({}) ORDER BY position",
+                placeholders(3, moved.len())
+            );
+        let mut query = sqlx::query(&insert).bind(run_id).bind(now);
+        for t in &moved {
+            query = query.bind(t);
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Claims up to `limit` queued attempts for `owner` (caller's transaction).
+async fn claim_in(
+    conn: &mut sqlx::AnyConnection,
+    dialect: Dialect,
+    run_id: Option<&str>,
+    owner: &str,
+    lease: Duration,
+    now: Millis,
+    limit: usize,
+) -> StoreResult<Vec<AttemptRecord>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let lock = match dialect {
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
+         WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) ORDER BY available_at, id LIMIT $5{lock}) \
+         RETURNING {ATTEMPT_COLS}"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(owner)
+        .bind(now + ms(lease))
+        .bind(now)
+        .bind(run_id.map(String::from))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut claimed = rows
+        .iter()
+        .map(attempt_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    // RETURNING gives no order guarantee; keep the queue's.
+    claimed.sort_by_key(|a| (a.available_at, a.id));
+    for attempt in &claimed {
+        sqlx::query("UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND task_id = $3")
+            .bind(now)
+            .bind(&attempt.run_id)
+            .bind(&attempt.task_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(claimed)
+}
+
+/// Records an attempt's result and the task's next step if `owner` holds its lease
+/// (caller's transaction; on false the caller rolls back).
+async fn complete_in(
+    conn: &mut sqlx::AnyConnection,
+    attempt_id: i64,
+    owner: &str,
+    result: &AttemptResult,
+    next: Next,
+    now: Millis,
+) -> StoreResult<bool> {
+    let row = sqlx::query(
+        "UPDATE attempts SET state = $1, ended_at = $2, error = $3, exit_code = $4, peak_rss_kb = $5, cpu_user_ms = $6, cpu_sys_ms = $7, output = $8, metrics = $9, log_path = $10 \
+         WHERE id = $11 AND owner = $12 AND state = 'running' RETURNING run_id, task_id",
+    )
+    .bind(result.state.unwrap_or(AttemptState::Failed).as_str())
+    .bind(now)
+    .bind(result.error.clone())
+    .bind(result.exit_code)
+    .bind(result.peak_rss_kb)
+    .bind(result.cpu_user_ms)
+    .bind(result.cpu_sys_ms)
+    .bind(result.output.as_ref().map(|v| v.to_string()))
+    .bind(result.metrics.as_ref().map(|v| v.to_string()))
+    .bind(result.log_path.clone())
+    .bind(attempt_id)
+    .bind(owner)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let run_id: String = row.try_get("run_id")?;
+    let task_id: String = row.try_get("task_id")?;
+    apply_next(conn, &run_id, &task_id, result, next, now).await?;
+    Ok(true)
+}
+
 #[async_trait]
 impl Store for SqlStore {
     fn backend(&self) -> &'static str {
@@ -432,40 +558,34 @@ impl Store for SqlStore {
             return Ok(());
         }
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        // Two statements per batch of tasks, not two per task: a layer of a wide DAG
-        // becomes ready at once.
-        for chunk in task_ids.chunks(ENQUEUE_BATCH) {
-            let update = format!(
-                "UPDATE task_runs SET state = 'queued', attempts = attempts + 1 \
-                 WHERE run_id = $1 AND state = 'pending' AND task_id IN ({}) RETURNING task_id",
-                placeholders(2, chunk.len())
-            );
-            let mut moved = sqlx::query_as::<_, (String,)>(&update).bind(run_id);
-            for t in chunk {
-                moved = moved.bind(t);
-            }
-            let moved: Vec<String> = moved
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|(t,)| t)
-                .collect();
-            if moved.is_empty() {
-                continue;
-            }
-            let insert = format!(
-                "INSERT INTO attempts (run_id, task_id, number, state, available_at) \
-                 SELECT run_id, task_id, attempts, 'queued', $2 FROM task_runs WHERE run_id = $1 AND task_id IN ({}) ORDER BY position",
-                placeholders(3, moved.len())
-            );
-            let mut query = sqlx::query(&insert).bind(run_id).bind(now);
-            for t in &moved {
-                query = query.bind(t);
-            }
-            query.execute(&mut *tx).await?;
-        }
+        enqueue_in(&mut tx, run_id, task_ids, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn enqueue_and_claim(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        enqueue_in(&mut tx, run_id, task_ids, now).await?;
+        let claimed = claim_in(
+            &mut tx,
+            self.dialect,
+            Some(run_id),
+            owner,
+            lease,
+            now,
+            limit,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn finalize_tasks(
@@ -527,38 +647,8 @@ impl Store for SqlStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let lock = match self.dialect {
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
-            Dialect::Sqlite => "",
-        };
-        let sql = format!(
-            "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
-             WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) ORDER BY available_at, id LIMIT $5{lock}) \
-             RETURNING {ATTEMPT_COLS}"
-        );
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let rows = sqlx::query(&sql)
-            .bind(owner)
-            .bind(now + ms(lease))
-            .bind(now)
-            .bind(run_id.map(String::from))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut claimed = rows
-            .iter()
-            .map(attempt_from_row)
-            .collect::<StoreResult<Vec<_>>>()?;
-        // RETURNING gives no order guarantee; keep the queue's.
-        claimed.sort_by_key(|a| (a.available_at, a.id));
-        for attempt in &claimed {
-            sqlx::query("UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND task_id = $3")
-                .bind(now)
-                .bind(&attempt.run_id)
-                .bind(&attempt.task_id)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let claimed = claim_in(&mut tx, self.dialect, run_id, owner, lease, now, limit).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -588,33 +678,40 @@ impl Store for SqlStore {
         now: Millis,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let row = sqlx::query(
-            "UPDATE attempts SET state = $1, ended_at = $2, error = $3, exit_code = $4, peak_rss_kb = $5, cpu_user_ms = $6, cpu_sys_ms = $7, output = $8, metrics = $9, log_path = $10 \
-             WHERE id = $11 AND owner = $12 AND state = 'running' RETURNING run_id, task_id",
-        )
-        .bind(result.state.unwrap_or(AttemptState::Failed).as_str())
-        .bind(now)
-        .bind(result.error.clone())
-        .bind(result.exit_code)
-        .bind(result.peak_rss_kb)
-        .bind(result.cpu_user_ms)
-        .bind(result.cpu_sys_ms)
-        .bind(result.output.as_ref().map(|v| v.to_string()))
-        .bind(result.metrics.as_ref().map(|v| v.to_string()))
-        .bind(result.log_path.clone())
-        .bind(attempt_id)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        if !complete_in(&mut tx, attempt_id, owner, result, next, now).await? {
             tx.rollback().await?;
             return Ok(false);
-        };
-        let run_id: String = row.try_get("run_id")?;
-        let task_id: String = row.try_get("task_id")?;
-        apply_next(&mut tx, &run_id, &task_id, result, next, now).await?;
+        }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn complete_and_claim(
+        &self,
+        attempt_id: i64,
+        owner: &str,
+        result: &AttemptResult,
+        next: Next,
+        claim: super::ClaimRequest<'_>,
+        now: Millis,
+    ) -> StoreResult<(bool, Vec<AttemptRecord>)> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        if !complete_in(&mut tx, attempt_id, owner, result, next, now).await? {
+            tx.rollback().await?;
+            return Ok((false, Vec::new()));
+        }
+        let claimed = claim_in(
+            &mut tx,
+            self.dialect,
+            claim.run_id,
+            owner,
+            claim.lease,
+            now,
+            claim.limit,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok((true, claimed))
     }
 
     async fn expire_leases(

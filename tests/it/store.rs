@@ -375,6 +375,77 @@ async fn claim_many_takes_up_to_the_limit_in_queue_order(s: &dyn Store) {
     assert_eq!(states, vec![TaskState::Running; 3]);
 }
 
+async fn results_and_claims_share_a_transaction(s: &dyn Store) {
+    s.create_run(&new_run("x1", &["a", "b", "c"]), 0)
+        .await
+        .unwrap();
+    let first = s
+        .enqueue_and_claim("x1", &["a".into(), "b".into()], "w", LEASE, 1, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        vec!["a"]
+    );
+    let ok = AttemptResult {
+        state: Some(AttemptState::Success),
+        ..Default::default()
+    };
+    let claim = store::ClaimRequest {
+        run_id: Some("x1"),
+        lease: LEASE,
+        limit: 1,
+    };
+    // A result from someone who does not hold the lease is rejected and claims nothing.
+    let (accepted, claimed) = s
+        .complete_and_claim(
+            first[0].id,
+            "intruder",
+            &ok,
+            Next::Final(TaskState::Success),
+            claim,
+            1,
+        )
+        .await
+        .unwrap();
+    assert!(!accepted && claimed.is_empty());
+    assert_eq!(
+        s.task_runs("x1").await.unwrap()[1].state,
+        TaskState::Queued,
+        "b is still queued"
+    );
+    let (accepted, claimed) = s
+        .complete_and_claim(
+            first[0].id,
+            "w",
+            &ok,
+            Next::Final(TaskState::Success),
+            claim,
+            1,
+        )
+        .await
+        .unwrap();
+    assert!(accepted);
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|a| a.task_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b"]
+    );
+    let states: Vec<TaskState> = s
+        .task_runs("x1")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![TaskState::Success, TaskState::Running, TaskState::Pending]
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -396,7 +467,8 @@ conformance!(
     retries_wait_for_their_time,
     leases_expire_and_late_results_are_rejected,
     finalize_and_reset,
-    claim_many_takes_up_to_the_limit_in_queue_order
+    claim_many_takes_up_to_the_limit_in_queue_order,
+    results_and_claims_share_a_transaction
 );
 
 #[tokio::test]
