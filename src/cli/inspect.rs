@@ -56,8 +56,12 @@ pub struct LogsArgs {
     #[arg(long)]
     pub attempt: Option<u32>,
     /// Keep printing new output until the task (or run) ends.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "json")]
     pub follow: bool,
+    /// Machine-readable output: one object per attempt with its log text (up to 1 MiB
+    /// each; the rest is cut and said so).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Turns a run id, or `latest` (the newest run started by a user or a schedule, not a
@@ -222,6 +226,35 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
             ))
             .into());
         }
+    }
+    if args.json {
+        const MAX: u64 = 1024 * 1024;
+        let mut out = Vec::new();
+        for a in store
+            .attempts(&id)
+            .await?
+            .iter()
+            .filter(|a| args.task.as_ref().is_none_or(|t| &a.task_id == t))
+            .filter(|a| args.attempt.is_none_or(|n| a.number == n))
+            .filter(|a| a.started_at.is_some())
+        {
+            let path = svc.project.attempt_log(&id, &a.task_id, a.number);
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            let mut text = Vec::new();
+            if let Ok(f) = std::fs::File::open(&path) {
+                f.take(MAX).read_to_end(&mut text)?;
+            }
+            out.push(serde_json::json!({
+                "task_id": a.task_id,
+                "attempt": a.number,
+                "state": a.state,
+                "bytes": size,
+                "truncated": size > MAX,
+                "text": String::from_utf8_lossy(&text),
+            }));
+        }
+        print_json(&out)?;
+        return Ok(0);
     }
     let mut printed: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     let mut stdout = std::io::stdout();

@@ -236,6 +236,10 @@ fn runs_status_logs_and_report() {
     );
     let logs = p.run(&["logs", &id, "greet"]);
     assert!(logs.stdout.contains("hola mundo"), "{}", logs.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&p.run(&["logs", &id, "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["task_id"], "greet");
+    assert!(json[0]["text"].as_str().unwrap().contains("hola mundo"));
     let report = p.run(&["report", "latest"]);
     let v: serde_json::Value = serde_json::from_str(&report.stdout).unwrap();
     assert_eq!(v["results"]["greet"]["status"], "success");
