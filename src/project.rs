@@ -85,6 +85,8 @@ pub struct Project {
     pub settings: Settings,
     /// Secret values (from `.env` and `${VAR}` references).
     pub secrets: Secrets,
+    /// The variables of the project's `.env` file. The real environment wins over them.
+    pub dotenv: std::sync::Arc<IndexMap<String, String>>,
 }
 
 impl Project {
@@ -107,6 +109,9 @@ impl Project {
         } else {
             Settings::default()
         };
+        // `.env` is read here and never written into this process's environment (which other
+        // threads may be reading); tasks get it in their own environment, templates look it up.
+        let mut dotenv = IndexMap::new();
         let env_file = root.join(".env");
         if env_file.is_file() {
             let iter = dotenvy::from_path_iter(&env_file).map_err(|e| {
@@ -125,10 +130,7 @@ impl Project {
                     )
                 })?;
                 secrets.add(&value);
-                // The real environment wins over the file, as with every dotenv tool.
-                if std::env::var_os(&key).is_none() {
-                    std::env::set_var(&key, &value);
-                }
+                dotenv.insert(key, value);
             }
         }
         Ok(Project {
@@ -136,6 +138,7 @@ impl Project {
             config_file: config_file.is_file().then_some(config_file),
             settings,
             secrets,
+            dotenv: std::sync::Arc::new(dotenv),
         })
     }
 
@@ -145,16 +148,30 @@ impl Project {
     }
 
     /// The store URL: `CAUCE_STORE`, else `store:` in `cauce.yaml`, else `.cauce/state.db`.
-    pub fn store_url(&self, cli: Option<&str>) -> String {
+    /// `store:` may use `${VAR}` (a password kept in `.env`); `CAUCE_STORE` may be set in
+    /// `.env` too.
+    pub fn store_url(&self, cli: Option<&str>) -> Result<String, String> {
         if let Some(u) = cli {
-            return u.to_string();
+            return Ok(u.to_string());
         }
-        if let Ok(u) = std::env::var(ENV_STORE) {
-            if !u.is_empty() {
-                return u;
-            }
+        let from_env = std::env::var(ENV_STORE)
+            .ok()
+            .or_else(|| self.dotenv.get(ENV_STORE).cloned());
+        if let Some(u) = from_env.filter(|u| !u.is_empty()) {
+            return Ok(u);
         }
-        match &self.settings.store {
+        let configured = match &self.settings.store {
+            Some(u) => Some(
+                crate::template::Templates::new(
+                    self.secrets.clone(),
+                    std::sync::Arc::clone(&self.dotenv),
+                )
+                .expand_env(u)
+                .map_err(|e| format!("`store` in cauce.yaml: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(match &configured {
             // A relative SQLite path in cauce.yaml is relative to the project, not to
             // wherever cauce was started from.
             Some(u) if u.starts_with("sqlite:") => {
@@ -163,7 +180,7 @@ impl Project {
             }
             Some(u) if u != "sqlite" => u.clone(),
             _ => format!("sqlite:{}", self.state_dir().join("state.db").display()),
-        }
+        })
     }
 
     /// Where run logs go.

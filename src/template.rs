@@ -61,8 +61,9 @@ pub struct Templates {
 }
 
 impl Templates {
-    /// Builds the engine; `${VAR}` values it reads are added to `secrets`.
-    pub fn new(secrets: Secrets) -> Templates {
+    /// Builds the engine. `${VAR}` reads the environment, then `dotenv` (the project's
+    /// `.env`); the values it reads are added to `secrets`.
+    pub fn new(secrets: Secrets, dotenv: std::sync::Arc<IndexMap<String, String>>) -> Templates {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|name| {
@@ -97,12 +98,12 @@ impl Templates {
             }
         });
         env.add_function("__env", move |name: String, default: Option<String>| {
-            match std::env::var(&name) {
-                Ok(v) => {
+            match std::env::var(&name).ok().or_else(|| dotenv.get(&name).cloned()) {
+                Some(v) => {
                     secrets.add(&v);
                     Ok(v)
                 }
-                Err(_) => default.ok_or_else(|| {
+                None => default.ok_or_else(|| {
                     minijinja::Error::new(
                         ErrorKind::InvalidOperation,
                         format!("environment variable `{name}` is not set (neither in the environment nor in the project's .env)"),
@@ -111,6 +112,17 @@ impl Templates {
             }
         });
         Templates { env }
+    }
+
+    /// Expands only `${VAR}` references (settings outside any run, such as the store URL).
+    pub fn expand_env(&self, text: &str) -> Result<String, String> {
+        if !text.contains("${") {
+            return Ok(text.to_string());
+        }
+        let source = translate_env_refs(text);
+        self.env
+            .render_named_str("setting.txt", &source, minijinja::context! {})
+            .map_err(|e| describe_error(&e))
     }
 
     /// Renders `text`. Text with no template syntax is returned as it is, without parsing.
@@ -211,7 +223,7 @@ mod tests {
 
     #[test]
     fn renders_params_run_and_ds() {
-        let t = Templates::new(Secrets::default());
+        let t = Templates::new(Secrets::default(), Default::default());
         let out = t
             .render(
                 "{{ params.day }} {{ run.id }} {{ ds }}",
@@ -224,7 +236,7 @@ mod tests {
 
     #[test]
     fn shell_fields_quote_every_value() {
-        let t = Templates::new(Secrets::default());
+        let t = Templates::new(Secrets::default(), Default::default());
         let out = t
             .render("echo {{ params.evil }}", Escape::Shell, &vars())
             .unwrap();
@@ -234,7 +246,7 @@ mod tests {
     #[test]
     fn env_refs_are_secrets_and_missing_ones_fail() {
         let secrets = Secrets::default();
-        let t = Templates::new(secrets.clone());
+        let t = Templates::new(secrets.clone(), Default::default());
         std::env::set_var("CAUCE_TEST_TEMPLATE_SECRET", "p4ssw0rd!");
         let out = t
             .render("pw=${CAUCE_TEST_TEMPLATE_SECRET}", Escape::Plain, &vars())
@@ -263,7 +275,7 @@ mod tests {
 
     #[test]
     fn booleans_render_lowercase() {
-        let t = Templates::new(Secrets::default());
+        let t = Templates::new(Secrets::default(), Default::default());
         let mut v = vars();
         v.params.insert("flag".into(), serde_json::json!(true));
         assert_eq!(
@@ -279,7 +291,7 @@ mod tests {
 
     #[test]
     fn undefined_values_are_errors() {
-        let t = Templates::new(Secrets::default());
+        let t = Templates::new(Secrets::default(), Default::default());
         let e = t
             .render("{{ params.nope }}", Escape::Plain, &vars())
             .unwrap_err();

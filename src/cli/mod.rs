@@ -107,7 +107,10 @@ pub struct Context {
 impl Context {
     /// Opens the store and builds the services.
     pub async fn services(self) -> anyhow::Result<Arc<Services>> {
-        let url = self.project.store_url(self.store_url.as_deref());
+        let url = self
+            .project
+            .store_url(self.store_url.as_deref())
+            .map_err(UserError)?;
         let store = crate::store::open(&url).await.map_err(|e| match e {
             crate::store::StoreError::BadUrl(_) => anyhow::Error::new(UserError(e.to_string())),
             other => anyhow::anyhow!("cannot open the store ({}): {other}", redact_url(&url)),

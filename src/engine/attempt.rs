@@ -105,7 +105,16 @@ pub async fn run_attempt(
             data_dir.display()
         ));
     }
-    let mut env = vec![
+    // The project's `.env` first (where the real environment does not set the name), then
+    // cauce's variables, params, and the pipeline's and task's `env`, later ones winning.
+    let mut env: Vec<(String, String)> = services
+        .project
+        .dotenv
+        .iter()
+        .filter(|(k, _)| std::env::var_os(k).is_none())
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
         ("CAUCE_RUN_ID".to_string(), run.id.clone()),
         ("CAUCE_PIPELINE".to_string(), run.pipeline.name.clone()),
         ("CAUCE_TASK_ID".to_string(), task.id.clone()),
@@ -116,7 +125,7 @@ pub async fn run_attempt(
         ),
         ("CAUCE_DS".to_string(), vars.ds.clone()),
         ("CAUCE_DATA_DIR".to_string(), data_dir.display().to_string()),
-    ];
+    ]);
     for (k, v) in &run.params {
         let text = match v {
             serde_json::Value::String(s) => s.clone(),

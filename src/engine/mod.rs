@@ -60,7 +60,10 @@ pub struct Services {
 impl Services {
     /// Services for a project and an open store.
     pub fn new(project: Project, store: Arc<dyn Store>) -> Arc<Services> {
-        let templates = Arc::new(Templates::new(project.secrets.clone()));
+        let templates = Arc::new(Templates::new(
+            project.secrets.clone(),
+            Arc::clone(&project.dotenv),
+        ));
         Arc::new(Services {
             store,
             project: Arc::new(project),

@@ -303,3 +303,31 @@ fn a_closed_output_pipe_is_not_an_error() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn the_store_setting_can_use_env_file_values() {
+    let p = Project::new();
+    p.write(".env", "CAUCE_IT_STATE_DIR=state-here\n");
+    p.write(
+        "cauce.yaml",
+        "name: t\nstore: \"sqlite:${CAUCE_IT_STATE_DIR}/cauce.db\"\n",
+    );
+    p.pipeline("one", "tasks:\n  a: \"true\"\n");
+    let r = p.run(&["run", "one", "-q"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        p.path().join("state-here/cauce.db").is_file(),
+        "relative to the project, from .env"
+    );
+    p.write(
+        "cauce.yaml",
+        "name: t\nstore: \"sqlite:${CAUCE_IT_NOT_SET_ANYWHERE}/x.db\"\n",
+    );
+    let r = p.run(&["runs"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("CAUCE_IT_NOT_SET_ANYWHERE"),
+        "{}",
+        r.stderr
+    );
+}
