@@ -5,7 +5,6 @@
 use super::inspect::resolve_run_id;
 use super::{Context, UserError};
 use crate::engine::run_is_orphaned;
-use crate::state::{RunState, TaskState};
 use crate::store::now_ms;
 use clap::Args;
 use std::time::Duration;
@@ -33,33 +32,8 @@ pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
     }
     let orphan = run_is_orphaned(&run, svc.project.settings.lease, now_ms());
     if orphan {
-        let now = now_ms();
-        let owners: Vec<String> = run.owner.iter().cloned().collect();
-        let lost = store.expire_leases(Some(&id), &owners, now).await?;
         crate::engine::Engine::new(std::sync::Arc::clone(&svc))
-            .stop_orphans(&lost)
-            .await;
-        let updates: Vec<_> = store
-            .task_runs(&id)
-            .await?
-            .into_iter()
-            .filter(|t| !t.state.is_final())
-            .map(|t| {
-                (
-                    t.task_id,
-                    TaskState::Cancelled,
-                    Some("run cancelled".to_string()),
-                )
-            })
-            .collect();
-        store.finalize_tasks(&id, &updates, now).await?;
-        store
-            .finish_run(
-                &id,
-                RunState::Cancelled,
-                Some("cancelled (its process was gone)"),
-                now,
-            )
+            .close_dead_run(&run, "run cancelled", "cancelled (its process was gone)")
             .await?;
         outln!("run {id} cancelled (no live process was executing it)");
         return Ok(0);

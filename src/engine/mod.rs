@@ -355,34 +355,49 @@ impl Engine {
                 if !run_is_orphaned(child, lease, now) {
                     continue;
                 }
-                let owners: Vec<String> = child.owner.iter().cloned().collect();
-                let lost = store.expire_leases(Some(&child.id), &owners, now).await?;
-                self.stop_orphans(&lost).await;
-                let updates: Vec<_> = store
-                    .task_runs(&child.id)
-                    .await?
-                    .into_iter()
-                    .filter(|t| !t.state.is_final())
-                    .map(|t| {
-                        (
-                            t.task_id,
-                            TaskState::Cancelled,
-                            Some("parent run was retried".to_string()),
-                        )
-                    })
-                    .collect();
-                store.finalize_tasks(&child.id, &updates, now).await?;
-                store
-                    .finish_run(
-                        &child.id,
-                        RunState::Cancelled,
-                        Some("its parent run stopped; the retry of the parent starts a new one"),
-                        now,
-                    )
-                    .await?;
+                self.close_dead_run(
+                    child,
+                    "parent run was retried",
+                    "its parent run stopped; the retry of the parent starts a new one",
+                )
+                .await?;
                 parents.push(child.id.clone());
             }
         }
+        Ok(())
+    }
+
+    /// Closes a run nobody executes any more (its process died): its running attempts are
+    /// marked lost and their leftover processes stopped, its unfinished tasks and the run
+    /// itself become `cancelled` with these reasons.
+    pub async fn close_dead_run(
+        &self,
+        run: &crate::store::RunRecord,
+        task_reason: &str,
+        run_reason: &str,
+    ) -> Result<(), EngineError> {
+        let store = &self.services.store;
+        let now = now_ms();
+        let owners: Vec<String> = run.owner.iter().cloned().collect();
+        let lost = store.expire_leases(Some(&run.id), &owners, now).await?;
+        self.stop_orphans(&lost).await;
+        let updates: Vec<_> = store
+            .task_runs(&run.id)
+            .await?
+            .into_iter()
+            .filter(|t| !t.state.is_final())
+            .map(|t| {
+                (
+                    t.task_id,
+                    TaskState::Cancelled,
+                    Some(task_reason.to_string()),
+                )
+            })
+            .collect();
+        store.finalize_tasks(&run.id, &updates, now).await?;
+        store
+            .finish_run(&run.id, RunState::Cancelled, Some(run_reason), now)
+            .await?;
         Ok(())
     }
 
