@@ -6,8 +6,7 @@ use chrono::{DateTime, TimeZone};
 
 /// Parses a cron expression, or says why it is not one.
 pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
-    croner::Cron::new(expr)
-        .parse()
+    expr.parse::<croner::Cron>()
         .map_err(|e| format!("invalid cron expression `{expr}`: {e}; write 5 fields (`0 9 * * *`) or a name like `@daily`"))
 }
 

@@ -68,7 +68,7 @@ impl Templates {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".sh") {
-                AutoEscape::Custom("shell")
+                AutoEscape::Custom("shell".into())
             } else {
                 AutoEscape::None
             }
@@ -80,7 +80,7 @@ impl Templates {
                     .write_str(if value.is_true() { "true" } else { "false" })
                     .map_err(minijinja::Error::from);
             }
-            if state.auto_escape() == AutoEscape::Custom("shell") {
+            if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "shell") {
                 let text = if value.is_none() || value.is_undefined() {
                     String::new()
                 } else {
@@ -136,7 +136,7 @@ impl Templates {
             Escape::Plain => "field.txt",
         };
         self.env
-            .render_named_str(name, &source, vars)
+            .render_named_str(name, &source, minijinja::value::Serde(vars))
             .map_err(|e| describe_error(&e))
     }
 }
