@@ -38,7 +38,8 @@ pub async fn postgres_url() -> String {
     let pool = sqlx::AnyPool::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL must be running for these tests ({base}): {e}"));
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+    // The schema name is made here from a pid and a random number.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&pool)
         .await
         .unwrap();
