@@ -38,6 +38,24 @@ pub async fn postgres_url() -> String {
     let pool = sqlx::AnyPool::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL must be running for these tests ({base}): {e}"));
+    // Schemas left by test processes that have ended are dropped, so the shared test
+    // database does not fill up run after run.
+    let names: Vec<(String,)> =
+        sqlx::query_as("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'cauce_test_%'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    for (name,) in names {
+        let pid = name.split('_').nth(2).and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| !crate::common::alive(p)) {
+            // The name comes from pg_namespace and matched our own pattern.
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE"
+            )))
+            .execute(&pool)
+            .await;
+        }
+    }
     // The schema name is made here from a pid and a random number.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&pool)
