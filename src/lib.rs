@@ -15,8 +15,11 @@
 //! - [`process`]: child processes in their own group, output to log files, kernel accounting.
 //! - [`state`]: task, attempt and run states and trigger rules.
 //! - [`template`], [`secrets`]: the one template engine; secret values and redaction.
-//! - [`schedule`]: cron expressions and time zones.
+//! - [`schedule`]: cron arithmetic: fire times in a time zone, catchup, what is due.
+//! - [`server`]: `cauce server`: the scheduler service, the REST API, metrics, lifecycle.
+//! - [`alerts`]: alert channels (e-mail, webhook, command) and their rate-limited dispatch.
 
+pub mod alerts;
 pub mod cli;
 pub mod dag;
 pub mod engine;
@@ -24,6 +27,7 @@ pub mod process;
 pub mod project;
 pub mod schedule;
 pub mod secrets;
+pub mod server;
 pub mod spec;
 pub mod state;
 pub mod store;

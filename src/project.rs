@@ -40,6 +40,10 @@ pub struct Settings {
     pub pipelines_dir: PathBuf,
     /// Task defaults for every pipeline.
     pub defaults: TaskDefaults,
+    /// `cauce server` settings.
+    pub server: crate::server::config::ServerSettings,
+    /// Alert channels.
+    pub alerts: crate::alerts::AlertSettings,
 }
 
 impl Default for Settings {
@@ -57,6 +61,8 @@ impl Default for Settings {
             kill_grace: Duration::from_secs(5),
             pipelines_dir: PathBuf::from("pipelines"),
             defaults: TaskDefaults::default(),
+            server: Default::default(),
+            alerts: Default::default(),
         }
     }
 }
@@ -352,6 +358,10 @@ impl Project {
             python: self.settings.python.clone(),
             python_path: self.settings.python_path.clone(),
             pipelines: self.config_file.as_ref().map(|_| names),
+            alert_channels: self
+                .config_file
+                .as_ref()
+                .map(|_| self.settings.alerts.channels.keys().cloned().collect()),
             spawn_checks: true,
             installed: Default::default(),
         }
@@ -387,15 +397,29 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     };
     let mut rest = map.clone();
     let defaults_node = rest.remove("defaults");
+    let server_node = rest.remove("server");
+    let alerts_node = rest.remove("alerts");
     let raw: RawSettings =
         decode(&marked_yaml::Node::Mapping(rest), file, "").map_err(|mut e| {
             if e.message.starts_with("unknown key") {
-                e.message.push_str(", defaults");
+                e.message.push_str(", defaults, server, alerts");
             }
             e
         })?;
     let mut errors = Vec::new();
     let mut s = Settings::default();
+    if let Some(n) = &server_node {
+        match crate::server::config::parse_settings(n, file) {
+            Ok(v) => s.server = v,
+            Err(e) => errors.extend(e),
+        }
+    }
+    if let Some(n) = &alerts_node {
+        match crate::alerts::parse_settings(n, file) {
+            Ok(v) => s.alerts = v,
+            Err(e) => errors.extend(e),
+        }
+    }
     if let Some(n) = raw.name {
         s.name = n;
     }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// The state of one task inside one run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Waiting for its upstream tasks (not yet ready).
@@ -82,7 +82,7 @@ impl fmt::Display for TaskState {
 }
 
 /// The state of one attempt (one execution of a task).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptState {
     /// In the queue, claimable once `available_at` has passed.
@@ -112,6 +112,11 @@ impl AttemptState {
         }
     }
 
+    /// Whether the attempt has ended (it will not change again).
+    pub fn is_final(self) -> bool {
+        !matches!(self, AttemptState::Queued | AttemptState::Running)
+    }
+
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<AttemptState> {
         [
@@ -134,7 +139,7 @@ impl fmt::Display for AttemptState {
 }
 
 /// The state of a whole run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// Created, tasks being scheduled or running.

@@ -4,8 +4,7 @@
 
 use super::inspect::resolve_run_id;
 use super::{Context, UserError};
-use crate::engine::run_is_orphaned;
-use crate::store::now_ms;
+use crate::engine::CancelOutcome;
 use clap::Args;
 use std::time::Duration;
 
@@ -24,21 +23,17 @@ pub async fn run(cx: Context, args: CancelArgs) -> anyhow::Result<i32> {
     let svc = cx.services().await?;
     let store = svc.store.as_ref();
     let id = resolve_run_id(store, &args.run_id).await?;
-    let Some(run) = store.get_run(&id).await? else {
-        return Err(UserError(format!("no run `{id}`")).into());
-    };
-    if run.state.is_final() {
-        return Err(UserError(format!("run {id} already ended ({})", run.state)).into());
+    let engine = crate::engine::Engine::new(std::sync::Arc::clone(&svc));
+    match engine.cancel(&id).await? {
+        CancelOutcome::AlreadyEnded(state) => {
+            return Err(UserError(format!("run {id} already ended ({state})")).into())
+        }
+        CancelOutcome::Closed => {
+            outln!("run {id} cancelled (no live process was executing it)");
+            return Ok(0);
+        }
+        CancelOutcome::Requested => {}
     }
-    let orphan = run_is_orphaned(&run, svc.project.settings.lease, now_ms());
-    if orphan {
-        crate::engine::Engine::new(std::sync::Arc::clone(&svc))
-            .close_dead_run(&run, "run cancelled", "cancelled (its process was gone)")
-            .await?;
-        outln!("run {id} cancelled (no live process was executing it)");
-        return Ok(0);
-    }
-    store.request_cancel(&id).await?;
     outln!("cancel requested for run {id}");
     if args.no_wait {
         return Ok(0);

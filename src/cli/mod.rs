@@ -21,6 +21,7 @@ mod inspect;
 mod list;
 mod progress;
 mod run;
+mod server;
 mod validate;
 
 use crate::engine::Services;
@@ -94,6 +95,10 @@ pub enum Command {
     Report(inspect::ReportArgs),
     /// Print the log of a task attempt (follow it with --follow).
     Logs(inspect::LogsArgs),
+    /// Serve the REST API and /metrics, run schedules, send alerts.
+    Server(server::ServerArgs),
+    /// Show the next fire times of scheduled pipelines.
+    Schedule(server::ScheduleArgs),
 }
 
 /// What every command starts from.
@@ -161,6 +166,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Runs(a) => inspect::runs(cx, a).await,
         Command::Report(a) => inspect::report(cx, a).await,
         Command::Logs(a) => inspect::logs(cx, a).await,
+        Command::Server(a) => server::server(cx, a).await,
+        Command::Schedule(a) => server::schedule(cx, a),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::project::resolve_params;
 use crate::spec::check::check_pipeline;
 use crate::spec::SpecErrors;
 use crate::state::RunState;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use clap::Args;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -90,18 +90,8 @@ pub struct RetryArgs {
 }
 
 fn parse_logical_date(text: &str) -> Result<DateTime<Utc>, UserError> {
-    if let Ok(d) = DateTime::parse_from_rfc3339(text) {
-        return Ok(d.with_timezone(&Utc));
-    }
-    NaiveDate::parse_from_str(text, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc())
-        .ok_or_else(|| {
-            UserError(format!(
-                "invalid --logical-date `{text}`: use YYYY-MM-DD or RFC 3339"
-            ))
-        })
+    crate::schedule::parse_logical_date(text)
+        .map_err(|m| UserError(format!("invalid --logical-date: {m}")))
 }
 
 /// Parses `-p KEY=VALUE` arguments.
@@ -278,6 +268,12 @@ async fn execute(
     cancel_on_signals(cancel.clone());
     let state = engine.execute(info, progress.sink(quiet), cancel).await?;
     progress.finish();
+    // Alerts of this run go out before the process ends.
+    engine
+        .services()
+        .alerts
+        .flush(std::time::Duration::from_secs(15))
+        .await;
     if json {
         let report = crate::engine::report::build(store.as_ref(), &run_id).await?;
         super::print_json(&report)?;

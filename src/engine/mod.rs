@@ -10,6 +10,7 @@ pub mod attempt;
 mod coordinator;
 pub mod report;
 
+use crate::alerts::{Alert, AlertEvent, Alerter};
 use crate::dag;
 use crate::project::Project;
 use crate::spec::{Pipeline, SpecErrors};
@@ -55,6 +56,8 @@ pub struct Services {
     pub templates: Arc<Templates>,
     /// This process's identity as a lease holder: `host:pid:nonce`.
     pub owner: String,
+    /// Sends alerts on failures, retries and successes.
+    pub alerts: Arc<Alerter>,
 }
 
 impl Services {
@@ -64,11 +67,18 @@ impl Services {
             project.secrets.clone(),
             Arc::clone(&project.dotenv),
         ));
+        let alerts = Arc::new(Alerter::new(
+            &project.settings.alerts,
+            project.settings.server.base_url.clone(),
+            &templates,
+            project.secrets.clone(),
+        ));
         Arc::new(Services {
             store,
             project: Arc::new(project),
             templates,
             owner: owner_id(),
+            alerts,
         })
     }
 }
@@ -200,6 +210,17 @@ pub struct RunInfo {
     pub depth: u32,
 }
 
+/// What [`Engine::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The run had already ended in this state.
+    AlreadyEnded(RunState),
+    /// Nobody executed it any more; it is now cancelled.
+    Closed,
+    /// Its executor was asked to stop it.
+    Requested,
+}
+
 /// Executes runs.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -223,8 +244,15 @@ impl Engine {
         pipeline: &Pipeline,
         opts: &RunOptions,
     ) -> Result<String, EngineError> {
+        let run = self.new_run(pipeline, opts);
+        self.services.store.create_run(&run, now_ms()).await?;
+        Ok(run.id)
+    }
+
+    /// The record of a new run (all selected tasks `pending`), not yet stored.
+    pub fn new_run(&self, pipeline: &Pipeline, opts: &RunOptions) -> NewRun {
         let id = new_run_id();
-        let run = NewRun {
+        NewRun {
             id: id.clone(),
             pipeline: pipeline.name.clone(),
             pipeline_file: pipeline.file.display().to_string(),
@@ -250,9 +278,7 @@ impl Engine {
             trigger: opts.trigger.clone(),
             parent: opts.parent.clone(),
             owner: self.services.owner.clone(),
-        };
-        self.services.store.create_run(&run, now_ms()).await?;
-        Ok(id)
+        }
     }
 
     /// Loads what is needed to execute a stored run (its own copy of the pipeline text).
@@ -401,6 +427,25 @@ impl Engine {
         Ok(())
     }
 
+    /// Cancels a run: asks its executor to stop it (seen through the store within a
+    /// second), or, when no live process executes it any more, closes it here.
+    pub async fn cancel(&self, run_id: &str) -> Result<CancelOutcome, EngineError> {
+        let store = &self.services.store;
+        let Some(run) = store.get_run(run_id).await? else {
+            return Err(StoreError::NoSuchRun(run_id.to_string()).into());
+        };
+        if run.state.is_final() {
+            return Ok(CancelOutcome::AlreadyEnded(run.state));
+        }
+        if run_is_orphaned(&run, self.services.project.settings.lease, now_ms()) {
+            self.close_dead_run(&run, "run cancelled", "cancelled (its process was gone)")
+                .await?;
+            return Ok(CancelOutcome::Closed);
+        }
+        store.request_cancel(run_id).await?;
+        Ok(CancelOutcome::Requested)
+    }
+
     /// Stops the processes that lost attempts left running (cauce was killed while they
     /// ran), so that a retry never runs a task twice at the same time.
     pub async fn stop_orphans(&self, lost: &[crate::store::AttemptRecord]) {
@@ -436,9 +481,13 @@ impl Engine {
             .store
             .take_run(&run.id, &self.services.owner, now_ms())
             .await?;
-        // Every event is also a structured log line (`CAUCE_LOG=info`, `--log-format json`).
+        // Every event is also a structured log line (`CAUCE_LOG=info`, `--log-format json`),
+        // and failures and retries are alerts.
         let run_id = run.id.clone();
+        let alerts = Arc::clone(&self.services.alerts);
+        let alert_run = Arc::clone(&run);
         let events: EventSink = Arc::new(move |e: Event| {
+            task_alert(&alerts, &alert_run, &e);
             match &e {
                 Event::Started { task, attempt } => {
                     tracing::info!(run = %run_id, task = %task, attempt, "task started")
@@ -463,11 +512,80 @@ impl Engine {
             engine: self.clone(),
             depth: run.depth,
         });
-        coordinator::Coordinator::new(self.clone(), run, events, cancel, runner)
-            .await?
-            .run()
-            .await
+        let state =
+            coordinator::Coordinator::new(self.clone(), Arc::clone(&run), events, cancel, runner)
+                .await?
+                .run()
+                .await?;
+        if state == RunState::Success {
+            self.services.alerts.send(
+                &run.pipeline.alerts.channels("success"),
+                Alert {
+                    event: AlertEvent::Success,
+                    pipeline: run.pipeline.name.clone(),
+                    run_id: run.id.clone(),
+                    task: None,
+                    attempt: None,
+                    state: state.as_str().into(),
+                    error: None,
+                    logical_date: run.logical_date.to_rfc3339(),
+                    link: None,
+                    suppressed: 0,
+                    at: Utc::now().to_rfc3339(),
+                },
+            );
+        }
+        Ok(state)
     }
+}
+
+/// Sends the alert a task event calls for: `retry` when an attempt failed and another
+/// follows, `failure` when a task failed for good (to the task's channels, else the
+/// pipeline's).
+fn task_alert(alerts: &Alerter, run: &RunInfo, e: &Event) {
+    let (event, task, attempt, error, state) = match e {
+        Event::Retrying {
+            task,
+            attempt,
+            error,
+            ..
+        } => (
+            AlertEvent::Retry,
+            task,
+            Some(*attempt),
+            Some(error.clone()),
+            "retrying",
+        ),
+        Event::Finished {
+            task,
+            state: TaskState::Failed,
+            error,
+            ..
+        } => (AlertEvent::Failure, task, None, error.clone(), "failed"),
+        _ => return,
+    };
+    let routes = run
+        .pipeline
+        .tasks
+        .get(task)
+        .and_then(|t| t.alerts.as_ref())
+        .unwrap_or(&run.pipeline.alerts);
+    alerts.send(
+        &routes.channels(event.as_str()),
+        Alert {
+            event,
+            pipeline: run.pipeline.name.clone(),
+            run_id: run.id.clone(),
+            task: Some(task.clone()),
+            attempt,
+            state: state.into(),
+            error,
+            logical_date: run.logical_date.to_rfc3339(),
+            link: None,
+            suppressed: 0,
+            at: Utc::now().to_rfc3339(),
+        },
+    );
 }
 
 /// Runs `pipeline` tasks: a child run in the same store, executed in this process.

@@ -90,6 +90,43 @@ pub fn check_pipeline(p: &Pipeline, cx: &CheckContext) -> Vec<SpecError> {
             ));
         }
     }
+    let task_routes = p
+        .tasks
+        .iter()
+        .filter_map(|(id, t)| t.alerts.as_ref().map(|a| (Some(id.as_str()), a)));
+    for (task, routes) in std::iter::once((None, &p.alerts)).chain(task_routes) {
+        let prefix = match task {
+            Some(id) => format!("tasks.{id}.alerts"),
+            None => "alerts".to_string(),
+        };
+        for (event, channel, location) in routes.all() {
+            if task.is_some() && event == "sla_miss" {
+                errors.push(SpecError::new(
+                    location.clone(),
+                    Some(format!("{prefix}.sla_miss")),
+                    "`sla_miss` alerts belong to the pipeline (its `sla`), not to a task",
+                ));
+            }
+            if let Some(known) = &cx.alert_channels {
+                if !known.iter().any(|k| k == channel) {
+                    let hint = if known.is_empty() {
+                        " (cauce.yaml defines no `alerts.channels`)".to_string()
+                    } else {
+                        format!(
+                            "{}; channels in cauce.yaml: {}",
+                            suggestion(channel, known.iter().map(|k| k.as_str())),
+                            known.join(", ")
+                        )
+                    };
+                    errors.push(SpecError::new(
+                        location.clone(),
+                        Some(format!("{prefix}.{event}")),
+                        format!("unknown alert channel `{channel}`{hint}"),
+                    ));
+                }
+            }
+        }
+    }
     errors.sort_by_key(|e| (e.location.line.unwrap_or(0), e.location.column.unwrap_or(0)));
     errors
 }

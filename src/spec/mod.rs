@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{Location, SpecError, SpecErrors};
+pub use parse::decode;
 
 /// A validated pipeline: a DAG of tasks plus its settings.
 #[derive(Debug, Clone)]
@@ -43,6 +44,16 @@ pub struct Pipeline {
     pub max_active_runs: Option<u32>,
     /// Parallel task slots for runs of this pipeline.
     pub max_workers: Option<usize>,
+    /// How long after its scheduled time a run may take to succeed before `sla_miss`.
+    pub sla: Option<Duration>,
+    /// The first schedule interval (local time in `timezone`); with `catchup`, missed
+    /// intervals from here on are run.
+    pub start_date: Option<chrono::NaiveDateTime>,
+    /// Which alert channels hear of which events.
+    pub alerts: AlertRoutes,
+    /// The token a webhook caller must present to trigger this pipeline (may be `${VAR}`);
+    /// no token, no webhook.
+    pub webhook_token: Option<String>,
     /// Declared parameters, with defaults.
     pub params: IndexMap<String, Param>,
     /// Named subsets of tasks.
@@ -60,7 +71,7 @@ pub struct Pipeline {
 }
 
 /// A declared run parameter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Param {
     /// Its name.
     pub name: String,
@@ -76,7 +87,7 @@ pub struct Param {
 }
 
 /// The type of a parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ParamType {
     /// Any text.
@@ -178,6 +189,45 @@ pub struct Workflow {
     pub location: Location,
 }
 
+/// Alert channel names per event, each with where it is written.
+#[derive(Debug, Clone, Default)]
+pub struct AlertRoutes {
+    /// A task failed for good, or the run failed.
+    pub failure: Vec<(String, Location)>,
+    /// An attempt failed and will be retried.
+    pub retry: Vec<(String, Location)>,
+    /// The run succeeded.
+    pub success: Vec<(String, Location)>,
+    /// A scheduled run did not succeed within the pipeline's `sla`.
+    pub sla_miss: Vec<(String, Location)>,
+}
+
+impl AlertRoutes {
+    /// Every (event, channel, location) named.
+    pub fn all(&self) -> impl Iterator<Item = (&'static str, &str, &Location)> {
+        [
+            ("failure", &self.failure),
+            ("retry", &self.retry),
+            ("success", &self.success),
+            ("sla_miss", &self.sla_miss),
+        ]
+        .into_iter()
+        .flat_map(|(event, v)| v.iter().map(move |(c, l)| (event, c.as_str(), l)))
+    }
+
+    /// The channels for an event.
+    pub fn channels(&self, event: &str) -> Vec<String> {
+        let v = match event {
+            "failure" => &self.failure,
+            "retry" => &self.retry,
+            "success" => &self.success,
+            "sla_miss" => &self.sla_miss,
+            _ => return vec![],
+        };
+        v.iter().map(|(c, _)| c.clone()).collect()
+    }
+}
+
 /// How failed attempts are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RetryPolicy {
@@ -261,6 +311,8 @@ pub struct Task {
     pub category: Option<String>,
     /// Extra environment variables (templated).
     pub env: IndexMap<String, String>,
+    /// Alert channels for this task's events (the pipeline's when `None`).
+    pub alerts: Option<AlertRoutes>,
     /// Where it is defined.
     pub location: Location,
     /// Where each `depends_on` entry is written.

@@ -8,7 +8,7 @@
 
 use super::duration::parse_duration;
 use super::error::{suggestion, Location, SpecError, SpecErrors};
-use super::{Backoff, Param, ParamType, Pipeline, RetryPolicy, Task, Workflow};
+use super::{AlertRoutes, Backoff, Param, ParamType, Pipeline, RetryPolicy, Task, Workflow};
 use crate::state::Trigger;
 use crate::tasks::{self, BuildContext};
 use indexmap::IndexMap;
@@ -84,6 +84,7 @@ pub const COMMON_TASK_KEYS: &[&str] = &[
     "critical",
     "category",
     "env",
+    "alerts",
 ];
 
 #[derive(Deserialize)]
@@ -101,6 +102,40 @@ struct RawTask {
     critical: Option<bool>,
     category: Option<String>,
     env: Option<IndexMap<String, String>>,
+    alerts: Option<RawAlerts>,
+}
+
+/// `alerts:` of a pipeline or a task: channel names per event.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    failure: Option<Vec<Spanned<String>>>,
+    retry: Option<Vec<Spanned<String>>>,
+    success: Option<Vec<Spanned<String>>>,
+    sla_miss: Option<Vec<Spanned<String>>>,
+}
+
+impl RawAlerts {
+    fn build(self, file: &Path) -> AlertRoutes {
+        let names = |v: Option<Vec<Spanned<String>>>| -> Vec<(String, Location)> {
+            v.unwrap_or_default()
+                .iter()
+                .map(|s| (s.as_str().to_string(), spanned_loc(file, s)))
+                .collect()
+        };
+        AlertRoutes {
+            failure: names(self.failure),
+            retry: names(self.retry),
+            success: names(self.success),
+            sla_miss: names(self.sla_miss),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -114,6 +149,10 @@ struct RawTop {
     max_active_runs: Option<u32>,
     max_workers: Option<usize>,
     env: Option<IndexMap<String, String>>,
+    sla: Option<Spanned<String>>,
+    start_date: Option<Spanned<String>>,
+    alerts: Option<RawAlerts>,
+    webhook: Option<RawWebhook>,
 }
 
 /// The top-level keys of a pipeline file.
@@ -126,6 +165,10 @@ pub const TOP_KEYS: &[&str] = &[
     "max_active_runs",
     "max_workers",
     "env",
+    "sla",
+    "start_date",
+    "alerts",
+    "webhook",
     "params",
     "defaults",
     "workflows",
@@ -434,9 +477,30 @@ pub fn parse_pipeline_all(
                 max_active_runs: None,
                 max_workers: None,
                 env: None,
+                sla: None,
+                start_date: None,
+                alerts: None,
+                webhook: None,
             }
         }
     };
+    let sla = duration_field(file, "sla", &top.sla, &mut errors);
+    let start_date = top.start_date.as_ref().and_then(|s| {
+        match parse_start_date(s.as_str()) {
+            Some(d) => Some(d),
+            None => {
+                errors.push(SpecError::new(
+                    spanned_loc(file, s),
+                    Some("start_date".into()),
+                    format!(
+                        "invalid start_date `{}`: write YYYY-MM-DD or `YYYY-MM-DD HH:MM` (in the pipeline's timezone)",
+                        s.as_str()
+                    ),
+                ));
+                None
+            }
+        }
+    });
 
     let defaults = match &defaults_node {
         Some(n) => match parse_defaults(n, file, "defaults") {
@@ -500,6 +564,10 @@ pub fn parse_pipeline_all(
         catchup: top.catchup.unwrap_or(false),
         max_active_runs: top.max_active_runs,
         max_workers: top.max_workers,
+        sla,
+        start_date,
+        alerts: top.alerts.map(|a| a.build(file)).unwrap_or_default(),
+        webhook_token: top.webhook.map(|w| w.token),
         params,
         workflows,
         tasks,
@@ -789,10 +857,24 @@ fn parse_tasks(
             critical: raw.critical.or(defaults.critical).unwrap_or(true),
             category: raw.category,
             env,
+            alerts: raw.alerts.map(|a| a.build(file)),
             location,
         };
         tasks.insert(id, task);
     }
+}
+
+/// A pipeline's `start_date`: a local date and time in the pipeline's time zone.
+pub fn parse_start_date(text: &str) -> Option<chrono::NaiveDateTime> {
+    let t = text.trim();
+    chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%d %H:%M")
+        .or_else(|_| chrono::NaiveDateTime::parse_from_str(t, "%Y-%m-%dT%H:%M"))
+        .ok()
+        .or_else(|| {
+            chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+        })
 }
 
 /// Task ids become file names and environment variable names: keep them plain.

@@ -181,6 +181,7 @@ pub fn convert(
                 .or(project_defaults.timeout),
             critical: raw.critical.or(project_defaults.critical).unwrap_or(true),
             category: raw.category,
+            alerts: None,
             env: project_defaults.env.clone(),
             location,
         };
@@ -234,6 +235,10 @@ pub fn convert(
         catchup: false,
         max_active_runs: None,
         max_workers: orch.max_parallel_workers,
+        sla: None,
+        start_date: None,
+        alerts: Default::default(),
+        webhook_token: None,
         params: IndexMap::new(),
         workflows,
         tasks,

@@ -79,7 +79,7 @@ pub struct NewRun {
 }
 
 /// A stored run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRecord {
     /// Id.
     pub id: String,
@@ -120,10 +120,12 @@ pub struct RunRecord {
     pub cancel_requested: bool,
     /// Why it failed, when it did.
     pub error: Option<String>,
+    /// When an `sla_miss` was raised for it.
+    pub sla_missed_at: Option<Millis>,
 }
 
 /// A task's state in a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskRunRecord {
     /// Run id.
     pub run_id: String,
@@ -150,7 +152,7 @@ pub struct TaskRunRecord {
 }
 
 /// One attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     /// Store id.
     pub id: i64,
@@ -236,6 +238,34 @@ pub struct ClaimRequest<'a> {
     pub limit: usize,
 }
 
+/// A page of runs: newest first, filtered.
+#[derive(Debug, Clone, Default)]
+pub struct RunQuery {
+    /// Only runs of this pipeline.
+    pub pipeline: Option<String>,
+    /// Only runs in this state.
+    pub state: Option<RunState>,
+    /// Only runs started this way (`manual`, `schedule`, `webhook`, ...).
+    pub trigger: Option<String>,
+    /// Only runs with an id below this one (the cursor of the previous page).
+    pub before: Option<String>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStats {
+    /// Runs per pipeline and state.
+    pub runs: Vec<(String, RunState, u64)>,
+    /// Task runs per state.
+    pub tasks: Vec<(TaskState, u64)>,
+    /// Attempts waiting in the queue (queued and available now or later).
+    pub queued_attempts: u64,
+    /// Attempts being executed.
+    pub running_attempts: u64,
+}
+
 /// The operations the engine, the CLI and (later) the server and workers need.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
@@ -253,6 +283,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         state: Option<RunState>,
         limit: u32,
     ) -> StoreResult<Vec<RunRecord>>;
+    /// A page of runs, newest first.
+    async fn runs_page(&self, q: &RunQuery) -> StoreResult<Vec<RunRecord>>;
+    /// The last fire time handled, per scheduled pipeline.
+    async fn schedule_marks(&self) -> StoreResult<std::collections::HashMap<String, Millis>>;
+    /// Moves a pipeline's schedule mark from `prev` to `mark` and creates `runs`, in one
+    /// transaction, only if the mark is still `prev` (`None`: no mark yet). Returns false,
+    /// having written nothing, when another scheduler moved it first.
+    async fn fire_schedule(
+        &self,
+        pipeline: &str,
+        prev: Option<Millis>,
+        mark: Millis,
+        runs: &[NewRun],
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Records that a run missed its SLA; false when that was already recorded.
+    async fn mark_sla_missed(&self, run_id: &str, now: Millis) -> StoreResult<bool>;
+    /// Counts for metrics.
+    async fn stats(&self) -> StoreResult<StoreStats>;
     /// The tasks of a run in pipeline order.
     async fn task_runs(&self, run_id: &str) -> StoreResult<Vec<TaskRunRecord>>;
     /// The attempts of a run in creation order.

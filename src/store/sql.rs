@@ -8,7 +8,17 @@ use super::*;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-const SCHEMA_VERSION: &str = "1";
+/// Schema migrations in order; the store records how many it has applied.
+const MIGRATIONS: [(&str, &str); 2] = [
+    (
+        include_str!("migrations/sqlite_v1.sql"),
+        include_str!("migrations/postgres_v1.sql"),
+    ),
+    (
+        include_str!("migrations/sqlite_v2.sql"),
+        include_str!("migrations/postgres_v2.sql"),
+    ),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dialect {
@@ -27,7 +37,7 @@ pub struct SqlStore {
 // sqlx can see are static (no text from outside ever reaches the SQL).
 macro_rules! run_cols {
     () => {
-        "id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, ended_at, owner, heartbeat_at, cancel_requested, error"
+        "id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, ended_at, owner, heartbeat_at, cancel_requested, error, sla_missed_at"
     };
 }
 macro_rules! task_cols {
@@ -111,10 +121,6 @@ impl SqlStore {
     }
 
     async fn migrate(&self) -> StoreResult<()> {
-        let schema = match self.dialect {
-            Dialect::Sqlite => include_str!("migrations/sqlite.sql"),
-            Dialect::Postgres => include_str!("migrations/postgres.sql"),
-        };
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
         if self.dialect == Dialect::Postgres {
             // Two processes starting on a fresh database must not race on CREATE TABLE.
@@ -122,28 +128,49 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
-        for statement in schema.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(statement).execute(&mut *tx).await?;
-        }
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS cauce_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let version: Option<String> =
             sqlx::query("SELECT value FROM cauce_meta WHERE key = 'schema_version'")
                 .fetch_optional(&mut *tx)
                 .await?
                 .map(|r| r.try_get(0))
                 .transpose()?;
-        match version.as_deref() {
-            None => {
-                sqlx::query("INSERT INTO cauce_meta (key, value) VALUES ('schema_version', $1)")
-                    .bind(SCHEMA_VERSION)
+        let current: usize = match version.as_deref() {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("schema version `{v}`")))?,
+        };
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "the store has schema version {current}, this cauce knows up to {}; use a newer cauce",
+                MIGRATIONS.len()
+            )));
+        }
+        for (sqlite, postgres) in &MIGRATIONS[current..] {
+            let schema = match self.dialect {
+                Dialect::Sqlite => sqlite,
+                Dialect::Postgres => postgres,
+            };
+            for statement in schema.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                // Audited: the statements are the migration files compiled into cauce.
+                sqlx::query(sqlx::AssertSqlSafe(statement))
                     .execute(&mut *tx)
                     .await?;
             }
-            Some(SCHEMA_VERSION) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "the store has schema version {other}, this cauce knows {SCHEMA_VERSION}; use a cauce that matches"
-                )))
-            }
+        }
+        if current < MIGRATIONS.len() {
+            sqlx::query("DELETE FROM cauce_meta WHERE key = 'schema_version'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO cauce_meta (key, value) VALUES ('schema_version', $1)")
+                .bind(MIGRATIONS.len().to_string())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -181,6 +208,7 @@ fn run_from_row(row: &AnyRow) -> StoreResult<RunRecord> {
         heartbeat_at: row.try_get("heartbeat_at")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? != 0,
         error: row.try_get("error")?,
+        sla_missed_at: row.try_get("sla_missed_at")?,
     })
 }
 
@@ -288,6 +316,58 @@ async fn apply_next(
 }
 
 /// Moves pending tasks to `queued` and inserts their next attempts (caller's transaction).
+/// Inserts a run and its task rows (inside the caller's transaction).
+async fn insert_run(conn: &mut sqlx::AnyConnection, run: &NewRun, now: Millis) -> StoreResult<()> {
+    let selection: Vec<&str> = run.tasks.iter().map(|(t, _)| t.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO runs (id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, owner, heartbeat_at, cancel_requested) \
+         VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11, $12, $13, $14, $13, 0)",
+    )
+    .bind(&run.id)
+    .bind(&run.pipeline)
+    .bind(&run.pipeline_file)
+    .bind(&run.base_dir)
+    .bind(&run.source)
+    .bind(run.params.to_string())
+    .bind(serde_json::to_string(&selection).unwrap_or_default())
+    .bind(run.options.to_string())
+    .bind(&run.logical_date)
+    .bind(&run.trigger)
+    .bind(run.parent.as_ref().map(|p| p.0.clone()))
+    .bind(run.parent.as_ref().map(|p| p.1.clone()))
+    .bind(now)
+    .bind(&run.owner)
+    .execute(&mut *conn)
+    .await?;
+    // Many rows per statement: a 10,000-task run is 100 round trips, not 10,000.
+    for (chunk_no, chunk) in run.tasks.chunks(INSERT_BATCH).enumerate() {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                format!(
+                    "($1, ${}, ${}, 'pending', ${})",
+                    2 + r * 3,
+                    3 + r * 3,
+                    4 + r * 3
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO task_runs (run_id, task_id, position, state, critical) VALUES {}",
+            values.join(", ")
+        );
+        // Audited: only `$n` placeholders are formatted in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&run.id);
+        for (r, (task, critical)) in chunk.iter().enumerate() {
+            query = query
+                .bind(task)
+                .bind((chunk_no * INSERT_BATCH + r) as i64)
+                .bind(i64::from(*critical));
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 async fn enqueue_in(
     conn: &mut sqlx::AnyConnection,
     run_id: &str,
@@ -433,55 +513,119 @@ impl Store for SqlStore {
 
     async fn create_run(&self, run: &NewRun, now: Millis) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let selection: Vec<&str> = run.tasks.iter().map(|(t, _)| t.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO runs (id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, owner, heartbeat_at, cancel_requested) \
-             VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11, $12, $13, $14, $13, 0)",
-        )
-        .bind(&run.id)
-        .bind(&run.pipeline)
-        .bind(&run.pipeline_file)
-        .bind(&run.base_dir)
-        .bind(&run.source)
-        .bind(run.params.to_string())
-        .bind(serde_json::to_string(&selection).unwrap_or_default())
-        .bind(run.options.to_string())
-        .bind(&run.logical_date)
-        .bind(&run.trigger)
-        .bind(run.parent.as_ref().map(|p| p.0.clone()))
-        .bind(run.parent.as_ref().map(|p| p.1.clone()))
-        .bind(now)
-        .bind(&run.owner)
-        .execute(&mut *tx)
-        .await?;
-        // Many rows per statement: a 10,000-task run is 100 round trips, not 10,000.
-        for (chunk_no, chunk) in run.tasks.chunks(INSERT_BATCH).enumerate() {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    format!(
-                        "($1, ${}, ${}, 'pending', ${})",
-                        2 + r * 3,
-                        3 + r * 3,
-                        4 + r * 3
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO task_runs (run_id, task_id, position, state, critical) VALUES {}",
-                values.join(", ")
-            );
-            // Audited: only `$n` placeholders are formatted in; every value is bound.
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&run.id);
-            for (r, (task, critical)) in chunk.iter().enumerate() {
-                query = query
-                    .bind(task)
-                    .bind((chunk_no * INSERT_BATCH + r) as i64)
-                    .bind(i64::from(*critical));
-            }
-            query.execute(&mut *tx).await?;
-        }
+        insert_run(&mut tx, run, now).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn runs_page(&self, q: &RunQuery) -> StoreResult<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE ($1 IS NULL OR pipeline = $1) AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR trigger_kind = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"))
+            .bind(q.pipeline.clone())
+            .bind(q.state.map(|s| s.as_str().to_string()))
+            .bind(q.trigger.clone())
+            .bind(q.before.clone())
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    async fn schedule_marks(&self) -> StoreResult<std::collections::HashMap<String, Millis>> {
+        let rows = sqlx::query("SELECT pipeline, last_fire FROM schedules")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("pipeline")?, r.try_get("last_fire")?)))
+            .collect()
+    }
+
+    async fn fire_schedule(
+        &self,
+        pipeline: &str,
+        prev: Option<Millis>,
+        mark: Millis,
+        runs: &[NewRun],
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let moved = match prev {
+            Some(p) => sqlx::query(
+                "UPDATE schedules SET last_fire = $1, updated_at = $2 WHERE pipeline = $3 AND last_fire = $4",
+            )
+            .bind(mark)
+            .bind(now)
+            .bind(pipeline)
+            .bind(p)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+            None => sqlx::query(
+                "INSERT INTO schedules (pipeline, last_fire, updated_at) VALUES ($1, $2, $3) ON CONFLICT (pipeline) DO NOTHING",
+            )
+            .bind(pipeline)
+            .bind(mark)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected(),
+        };
+        if moved == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        for run in runs {
+            insert_run(&mut tx, run, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn mark_sla_missed(&self, run_id: &str, now: Millis) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE runs SET sla_missed_at = $1 WHERE id = $2 AND sla_missed_at IS NULL",
+        )
+        .bind(now)
+        .bind(run_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn stats(&self) -> StoreResult<StoreStats> {
+        let mut stats = StoreStats::default();
+        for r in
+            sqlx::query("SELECT pipeline, state, COUNT(*) AS n FROM runs GROUP BY pipeline, state")
+                .fetch_all(&self.pool)
+                .await?
+        {
+            let state: String = r.try_get("state")?;
+            if let Some(s) = RunState::parse(&state) {
+                stats
+                    .runs
+                    .push((r.try_get("pipeline")?, s, r.try_get::<i64, _>("n")? as u64));
+            }
+        }
+        for r in sqlx::query("SELECT state, COUNT(*) AS n FROM task_runs GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let state: String = r.try_get("state")?;
+            if let Some(s) = TaskState::parse(&state) {
+                stats.tasks.push((s, r.try_get::<i64, _>("n")? as u64));
+            }
+        }
+        for r in sqlx::query("SELECT state, COUNT(*) AS n FROM attempts WHERE state IN ('queued', 'running') GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let state: String = r.try_get("state")?;
+            let n = r.try_get::<i64, _>("n")? as u64;
+            match state.as_str() {
+                "queued" => stats.queued_attempts = n,
+                _ => stats.running_attempts = n,
+            }
+        }
+        Ok(stats)
     }
 
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
@@ -498,13 +642,13 @@ impl Store for SqlStore {
         state: Option<RunState>,
         limit: u32,
     ) -> StoreResult<Vec<RunRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE ($1 IS NULL OR pipeline = $1) AND ($2 IS NULL OR state = $2) ORDER BY id DESC LIMIT $3"))
-        .bind(pipeline.map(String::from))
-        .bind(state.map(|s| s.as_str().to_string()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(run_from_row).collect()
+        self.runs_page(&RunQuery {
+            pipeline: pipeline.map(String::from),
+            state,
+            limit,
+            ..RunQuery::default()
+        })
+        .await
     }
 
     async fn task_runs(&self, run_id: &str) -> StoreResult<Vec<TaskRunRecord>> {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod pipeline;
 pub mod python;
 pub mod run;
+pub mod sensor;
 
 use crate::process::{self, LogFile, ProcessStats};
 use crate::spec::error::{Location, SpecError};
@@ -37,6 +38,7 @@ pub const KINDS: &[(&str, BuildFn)] = &[
     ("python", python::build),
     ("http", http::build),
     ("pipeline", pipeline::build),
+    ("sensor", sensor::build),
 ];
 
 /// What a build function may use.
@@ -75,6 +77,8 @@ pub struct CheckContext {
     pub python_path: Vec<PathBuf>,
     /// Names of the project's pipelines (for the `pipeline` kind), when in a project.
     pub pipelines: Option<Vec<String>>,
+    /// Names of the alert channels in `cauce.yaml`, when in a project.
+    pub alert_channels: Option<Vec<String>>,
     /// Whether checks may start programs (asking the Python interpreter whether a module is
     /// installed): `cauce validate` does; `cauce run` skips it, since a run reports a
     /// missing module anyway and must not pay one interpreter start per task.

@@ -1,0 +1,238 @@
+//! Task logs: a byte range of one attempt's log as JSON, or the log followed live as
+//! server-sent events until the attempt ends.
+//!
+//! The file read is always the one the store names for an attempt of an existing run and
+//! task, and it must lie inside the project's log folder: nothing a caller writes in the
+//! path or query reaches the file system.
+
+use super::{json, ApiError, ApiPath, ApiQuery, AppState, Viewer};
+use crate::state::AttemptState;
+use crate::store::AttemptRecord;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+use utoipa::{IntoParams, ToSchema};
+
+/// Default and largest byte count of one read.
+const DEFAULT_LIMIT: u64 = 256 * 1024;
+const MAX_LIMIT: u64 = 4 * 1024 * 1024;
+/// How often a followed log is looked at.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// Which part of which attempt's log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Attempt number (default: the latest).
+    pub attempt: Option<u32>,
+    /// First byte; negative counts from the end (`-4096`: the last 4 KiB).
+    pub offset: Option<i64>,
+    /// Bytes to read, at most 4 MiB (default 256 KiB).
+    pub limit: Option<u64>,
+    /// Stream the log as server-sent events (`log` events with `{offset, text}`, then one
+    /// `end` event with the attempt's state) until the attempt ends.
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// A piece of a log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogChunk {
+    /// Run id.
+    pub run_id: String,
+    /// Task id.
+    pub task_id: String,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The attempt's state.
+    pub state: AttemptState,
+    /// Where this text starts.
+    pub offset: u64,
+    /// Where the next read should start.
+    pub next_offset: u64,
+    /// The log's size now.
+    pub size: u64,
+    /// True when the attempt has ended and everything was read.
+    pub complete: bool,
+    /// The text (invalid UTF-8 replaced).
+    pub text: String,
+}
+
+async fn find_attempt(
+    state: &AppState,
+    run_id: &str,
+    task_id: &str,
+    number: Option<u32>,
+) -> Result<(AttemptRecord, PathBuf), ApiError> {
+    let store = &state.services().store;
+    if store.get_run(run_id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no run `{run_id}`")));
+    }
+    let attempts: Vec<AttemptRecord> = store
+        .attempts(run_id)
+        .await?
+        .into_iter()
+        .filter(|a| a.task_id == task_id && a.state != AttemptState::Queued)
+        .collect();
+    let attempt = match number {
+        Some(n) => attempts.into_iter().find(|a| a.number == n),
+        None => attempts.into_iter().max_by_key(|a| a.number),
+    }
+    .ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no started attempt{} of task `{task_id}` in run `{run_id}`",
+            number.map(|n| format!(" {n}")).unwrap_or_default()
+        ))
+    })?;
+    let project = &state.services().project;
+    let path = project.attempt_log(run_id, task_id, attempt.number);
+    let logs = std::fs::canonicalize(project.logs_dir()).unwrap_or_else(|_| project.logs_dir());
+    match std::fs::canonicalize(&path) {
+        Ok(real) if real.starts_with(&logs) => Ok((attempt, real)),
+        Ok(_) => Err(ApiError::not_found(
+            "this log is outside the project's log folder",
+        )),
+        Err(_) => Err(ApiError::not_found(format!(
+            "attempt {} of `{task_id}` has no log file",
+            attempt.number
+        ))),
+    }
+}
+
+/// Reads up to `limit` bytes from `offset`, backing off a UTF-8 sequence cut at the end.
+fn read_range(path: &PathBuf, offset: u64, limit: u64) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let start = offset.min(size);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    f.take(limit).read_to_end(&mut buf)?;
+    if let Err(e) = std::str::from_utf8(&buf) {
+        if e.error_len().is_none() && buf.len() as u64 == limit {
+            buf.truncate(e.valid_up_to());
+        }
+    }
+    Ok((buf, size))
+}
+
+/// One attempt's log: a byte range as JSON, or followed live (`follow=true`).
+#[utoipa::path(get, path = "/api/v1/runs/{id}/tasks/{task}/logs", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id"), ("task" = String, Path, description = "Task id"), LogQuery),
+    responses((status = 200, description = "A piece of the log (or an event stream with follow=true)", body = LogChunk),
+        (status = 404, body = super::ErrorBody)))]
+pub async fn read(
+    State(state): State<AppState>,
+    _: Viewer,
+    ApiPath((run_id, task_id)): ApiPath<(String, String)>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit: between 1 and {MAX_LIMIT} bytes"
+        )));
+    }
+    let (attempt, path) = find_attempt(&state, &run_id, &task_id, q.attempt).await?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let offset = match q.offset.unwrap_or(0) {
+        o if o < 0 => size.saturating_sub(o.unsigned_abs()),
+        o => o as u64,
+    };
+    if q.follow {
+        return Ok(follow(state, run_id, task_id, attempt.number, path, offset).into_response());
+    }
+    let (buf, size) = read_range(&path, offset, limit)
+        .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+    let start = offset.min(size);
+    let next = start + buf.len() as u64;
+    let body = LogChunk {
+        run_id,
+        task_id,
+        attempt: attempt.number,
+        state: attempt.state,
+        offset: start,
+        next_offset: next,
+        size,
+        complete: attempt.state.is_final() && next >= size,
+        text: String::from_utf8_lossy(&buf).into_owned(),
+    };
+    Ok(json(&state, StatusCode::OK, &body))
+}
+
+fn follow(
+    state: AppState,
+    run_id: String,
+    task_id: String,
+    number: u32,
+    path: PathBuf,
+    offset: u64,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
+    struct Cursor {
+        state: AppState,
+        run_id: String,
+        task_id: String,
+        number: u32,
+        path: PathBuf,
+        offset: u64,
+        done: bool,
+    }
+    let start = Cursor {
+        state,
+        run_id,
+        task_id,
+        number,
+        path,
+        offset,
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(start, |mut c| async move {
+        if c.done {
+            return None;
+        }
+        loop {
+            // The attempt's state is read before the file, so that text written before it
+            // ended is always sent before `end`.
+            let attempt_state = c
+                .state
+                .services()
+                .store
+                .attempts(&c.run_id)
+                .await
+                .ok()
+                .and_then(|all| {
+                    all.into_iter()
+                        .find(|a| a.task_id == c.task_id && a.number == c.number)
+                })
+                .map(|a| a.state);
+            let chunk = read_range(&c.path, c.offset, MAX_LIMIT).ok();
+            if let Some((buf, _)) = chunk.filter(|(b, _)| !b.is_empty()) {
+                let data = serde_json::json!({
+                    "offset": c.offset,
+                    "text": String::from_utf8_lossy(&buf),
+                });
+                c.offset += buf.len() as u64;
+                let event = Event::default().event("log").data(data.to_string());
+                return Some((Ok(event), c));
+            }
+            match attempt_state {
+                Some(s) if !s.is_final() => tokio::time::sleep(FOLLOW_POLL).await,
+                other => {
+                    c.done = true;
+                    let data = serde_json::json!({
+                        "state": other.map(|s| s.as_str()).unwrap_or("unknown"),
+                        "size": c.offset,
+                    });
+                    let event = Event::default().event("end").data(data.to_string());
+                    return Some((Ok(event), c));
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

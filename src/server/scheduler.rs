@@ -1,0 +1,220 @@
+//! The scheduler service: once a second it asks [`crate::schedule`] which fire times of each
+//! scheduled pipeline are due, and starts their runs.
+//!
+//! The last fire time handled is kept per pipeline in the store and moved in the same
+//! transaction that creates the runs, as a compare-and-set: a crash between the two is
+//! impossible, a restart neither skips nor repeats a fire time, and of two schedulers on one
+//! store only one fires each time. `max_active_runs` holds fire times back (they stay due)
+//! until runs end. Every few seconds it also raises `sla_miss` for scheduled runs that have
+//! not succeeded in time, and resumes runs whose executor died.
+
+use super::metrics::ServerMetrics;
+use super::runs::{RunManager, TriggerRequest};
+use crate::alerts::{Alert, AlertEvent};
+use crate::schedule::Schedule;
+use crate::state::RunState;
+use crate::store::{now_ms, Millis, RunQuery};
+use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often SLAs are checked and dead executors looked for.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+
+/// The scheduler of one server.
+#[derive(Debug)]
+pub struct Scheduler {
+    runs: Arc<RunManager>,
+    metrics: Arc<ServerMetrics>,
+    /// Pipelines whose schedule could not be read, already logged.
+    warned: std::sync::Mutex<HashSet<String>>,
+}
+
+fn to_time(ms: Millis) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+impl Scheduler {
+    /// A scheduler starting runs through `runs`.
+    pub fn new(runs: Arc<RunManager>, metrics: Arc<ServerMetrics>) -> Scheduler {
+        Scheduler {
+            runs,
+            metrics,
+            warned: Default::default(),
+        }
+    }
+
+    /// Runs until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut last_housekeeping = tokio::time::Instant::now() - HOUSEKEEPING_EVERY;
+        loop {
+            if let Err(e) = self.pass(Utc::now()).await {
+                tracing::error!(error = %e, "scheduler pass failed; trying again in a second");
+            }
+            if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+                last_housekeeping = tokio::time::Instant::now();
+                if let Err(e) = self.check_slas(Utc::now()).await {
+                    tracing::error!(error = %e, "SLA check failed");
+                }
+                if let Err(e) = self.runs.resume_orphans().await {
+                    tracing::error!(error = %e, "looking for orphaned runs failed");
+                }
+            }
+            // Wake just after the next whole second: cron fire times are whole minutes.
+            let now = Utc::now();
+            let to_next = 1000 - (now.timestamp_subsec_millis() as u64 % 1000) + 5;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(to_next)) => {}
+            }
+        }
+    }
+
+    /// One pass over every scheduled pipeline at `now`.
+    pub async fn pass(&self, now: DateTime<Utc>) -> Result<(), crate::engine::EngineError> {
+        if !self.runs.accepting() {
+            return Ok(());
+        }
+        let store = Arc::clone(&self.runs.engine().services().store);
+        let marks = store.schedule_marks().await?;
+        for pipeline in self.runs.catalog().pipelines() {
+            let schedule = match Schedule::of(&pipeline) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    if self
+                        .warned
+                        .lock()
+                        .map(|mut w| w.insert(pipeline.name.clone()))
+                        .unwrap_or(false)
+                    {
+                        tracing::error!(pipeline = %pipeline.name, error = %e, "schedule ignored");
+                    }
+                    continue;
+                }
+            };
+            let prev = marks.get(&pipeline.name).copied();
+            let due = schedule.due(prev.map(to_time), now);
+            let mut fire = due.fire;
+            let mut mark = due.mark;
+            if let Some(max) = pipeline.max_active_runs {
+                if !fire.is_empty() {
+                    let active = store
+                        .list_runs(Some(&pipeline.name), Some(RunState::Running), max.max(1))
+                        .await?
+                        .len();
+                    let room = (max as usize).saturating_sub(active);
+                    if room == 0 {
+                        continue; // stays due until a run ends
+                    }
+                    fire.truncate(room);
+                    if let Some(last) = fire.last() {
+                        mark = *last;
+                    }
+                }
+            }
+            if fire.is_empty() && prev.is_some() {
+                continue;
+            }
+            let mut new_runs = Vec::new();
+            for at in &fire {
+                let req = TriggerRequest {
+                    pipeline: pipeline.name.clone(),
+                    logical_date: Some(*at),
+                    trigger: "schedule".into(),
+                    ..Default::default()
+                };
+                match self.runs.plan(&pipeline, &req) {
+                    Ok((run, _)) => new_runs.push(run),
+                    Err(e) => {
+                        // Required params without defaults, for instance: the fire time is
+                        // consumed (so it is not retried every second) and the error logged.
+                        tracing::error!(pipeline = %pipeline.name, error = %e, "scheduled run cannot start");
+                    }
+                }
+            }
+            let fired = store
+                .fire_schedule(
+                    &pipeline.name,
+                    prev,
+                    mark.timestamp_millis(),
+                    &new_runs,
+                    now_ms(),
+                )
+                .await?;
+            if !fired {
+                continue; // another scheduler moved the mark first
+            }
+            for (run, at) in new_runs.iter().zip(&fire) {
+                let lag = (Utc::now() - *at).to_std().unwrap_or_default();
+                self.metrics.observe_fire(&pipeline.name, lag);
+                tracing::info!(run = %run.id, pipeline = %pipeline.name, due = %at.to_rfc3339(), lag_ms = lag.as_millis() as u64, "scheduled run started");
+                if let Err(e) = self.runs.start(&run.id).await {
+                    tracing::error!(run = %run.id, error = %e, "scheduled run could not start; it will be resumed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Raises `sla_miss` for scheduled runs not successful `sla` after their fire time.
+    pub async fn check_slas(&self, now: DateTime<Utc>) -> Result<(), crate::engine::EngineError> {
+        let services = self.runs.engine().services();
+        for pipeline in self.runs.catalog().pipelines() {
+            let Some(sla) = pipeline.sla else { continue };
+            let Ok(sla) = chrono::Duration::from_std(sla) else {
+                continue;
+            };
+            let recent = services
+                .store
+                .runs_page(&RunQuery {
+                    pipeline: Some(pipeline.name.clone()),
+                    trigger: Some("schedule".into()),
+                    limit: 20,
+                    ..Default::default()
+                })
+                .await?;
+            for run in recent {
+                if run.sla_missed_at.is_some() {
+                    continue;
+                }
+                let Ok(due) = DateTime::parse_from_rfc3339(&run.logical_date) else {
+                    continue;
+                };
+                let deadline = due.with_timezone(&Utc) + sla;
+                let missed = match (run.state, run.ended_at) {
+                    (RunState::Success, Some(end)) => to_time(end) > deadline,
+                    _ => now > deadline,
+                };
+                if !missed || !services.store.mark_sla_missed(&run.id, now_ms()).await? {
+                    continue;
+                }
+                self.metrics.observe_sla_miss(&pipeline.name);
+                tracing::warn!(run = %run.id, pipeline = %pipeline.name, deadline = %deadline.to_rfc3339(), "SLA missed");
+                services.alerts.send(
+                    &pipeline.alerts.channels("sla_miss"),
+                    Alert {
+                        event: AlertEvent::SlaMiss,
+                        pipeline: pipeline.name.clone(),
+                        run_id: run.id.clone(),
+                        task: None,
+                        attempt: None,
+                        state: run.state.as_str().into(),
+                        error: Some(format!(
+                            "not successful by {} (sla {})",
+                            deadline.to_rfc3339(),
+                            humantime::format_duration(sla.to_std().unwrap_or_default())
+                        )),
+                        logical_date: run.logical_date.clone(),
+                        link: None,
+                        suppressed: 0,
+                        at: now.to_rfc3339(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}

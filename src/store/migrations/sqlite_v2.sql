@@ -1,0 +1,7 @@
+CREATE TABLE IF NOT EXISTS schedules (
+    pipeline TEXT PRIMARY KEY,
+    last_fire INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+ALTER TABLE runs ADD COLUMN sla_missed_at INTEGER;
+CREATE INDEX IF NOT EXISTS runs_by_pipeline_state ON runs (pipeline, state, id)
