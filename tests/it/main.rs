@@ -5,11 +5,15 @@
 //! - `cli`: validation, listing, init, dry runs, params and error exit codes.
 //! - `engine`: retries, timeouts, critical failures, triggers, cancellation, kill -9 recovery.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
+//! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
+//! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
 
 #![allow(clippy::unwrap_used)]
 
 mod cli;
 mod common;
 mod engine;
+mod fuzz;
 mod store;
+mod server;
 mod tasks;

@@ -1,6 +1,8 @@
 //! A temporary project folder and helpers to drive the real `cauce` binary in it.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -1,0 +1,1 @@
+//! `cauce server` end to end: the real binary on a loopback port.
