@@ -77,6 +77,7 @@ impl Secrets {
 #[derive(Debug, Clone)]
 pub struct Redactor {
     matcher: Option<AhoCorasick>,
+    values: Vec<Vec<u8>>,
     max_len: usize,
 }
 
@@ -92,7 +93,25 @@ impl Redactor {
                 .build(&values)
                 .ok()
         };
-        Redactor { matcher, max_len }
+        Redactor {
+            matcher,
+            values: values.into_iter().map(String::into_bytes).collect(),
+            max_len,
+        }
+    }
+
+    /// The length of the longest end of `text` that is the start of a secret: bytes that
+    /// must wait for the next chunk. Output that cannot begin a secret is not held back, so
+    /// a followed log shows each line as soon as it is written.
+    fn pending_prefix(&self, text: &[u8]) -> usize {
+        let longest = self.max_len.saturating_sub(1).min(text.len());
+        (1..=longest)
+            .rev()
+            .find(|&k| {
+                let tail = &text[text.len() - k..];
+                self.values.iter().any(|v| v.starts_with(tail))
+            })
+            .unwrap_or(0)
     }
 
     /// Masks secrets in a string.
@@ -113,11 +132,7 @@ impl Redactor {
             return;
         };
         carry.extend_from_slice(chunk);
-        let keep = if eof {
-            0
-        } else {
-            self.max_len.saturating_sub(1)
-        };
+        let keep = if eof { 0 } else { self.pending_prefix(carry) };
         let cut = carry.len().saturating_sub(keep);
         let mut pos = 0;
         for found in m.find_iter(carry.as_slice()) {
@@ -161,5 +176,20 @@ mod tests {
                 "split at {split}"
             );
         }
+    }
+
+    #[test]
+    fn holds_back_only_what_could_begin_a_secret() {
+        let r = Redactor::new(vec!["s3cr3t-token".into()]);
+        let mut carry = Vec::new();
+        let mut out = Vec::new();
+        r.redact_chunk(&mut carry, b"line-1\n", false, &mut out);
+        assert_eq!(out, b"line-1\n", "nothing here can start a secret");
+        out.clear();
+        r.redact_chunk(&mut carry, b"line-2 s3cr", false, &mut out);
+        assert_eq!(out, b"line-2 ");
+        out.clear();
+        r.redact_chunk(&mut carry, b"3t-token!", true, &mut out);
+        assert_eq!(out, b"***!");
     }
 }

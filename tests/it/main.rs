@@ -14,6 +14,6 @@ mod cli;
 mod common;
 mod engine;
 mod fuzz;
-mod store;
 mod server;
+mod store;
 mod tasks;

@@ -36,7 +36,8 @@ pub struct LogQuery {
     /// Bytes to read, at most 4 MiB (default 256 KiB).
     pub limit: Option<u64>,
     /// Stream the log as server-sent events (`log` events with `{offset, text}`, then one
-    /// `end` event with the attempt's state) until the attempt ends.
+    /// `end` event with the attempt's state) until the attempt ends. A task of a running
+    /// run that has not started yet is waited for, up to a minute.
     #[serde(default)]
     pub follow: bool,
 }
@@ -105,6 +106,39 @@ async fn find_attempt(
     }
 }
 
+/// How long a follower waits for a task of a running run to start.
+const START_WAIT: Duration = Duration::from_secs(60);
+
+/// Like [`find_attempt`], but a task of a running run that has not started yet is waited
+/// for (up to a minute), so that a client can follow a task before it starts.
+async fn wait_for_attempt(
+    state: &AppState,
+    run_id: &str,
+    task_id: &str,
+    number: Option<u32>,
+) -> Result<(AttemptRecord, PathBuf), ApiError> {
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    loop {
+        let err = match find_attempt(state, run_id, task_id, number).await {
+            Ok(found) => return Ok(found),
+            Err(e) => e,
+        };
+        let store = &state.services().store;
+        let waiting = match store.get_run(run_id).await? {
+            Some(run) if !run.state.is_final() => store
+                .task_runs(run_id)
+                .await?
+                .iter()
+                .any(|t| t.task_id == task_id && !t.state.is_final()),
+            _ => false,
+        };
+        if !waiting || tokio::time::Instant::now() >= deadline {
+            return Err(err);
+        }
+        tokio::time::sleep(FOLLOW_POLL).await;
+    }
+}
+
 /// Reads up to `limit` bytes from `offset`, backing off a UTF-8 sequence cut at the end.
 fn read_range(path: &PathBuf, offset: u64, limit: u64) -> std::io::Result<(Vec<u8>, u64)> {
     let mut f = std::fs::File::open(path)?;
@@ -138,7 +172,11 @@ pub async fn read(
             "limit: between 1 and {MAX_LIMIT} bytes"
         )));
     }
-    let (attempt, path) = find_attempt(&state, &run_id, &task_id, q.attempt).await?;
+    let (attempt, path) = if q.follow {
+        wait_for_attempt(&state, &run_id, &task_id, q.attempt).await?
+    } else {
+        find_attempt(&state, &run_id, &task_id, q.attempt).await?
+    };
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let offset = match q.offset.unwrap_or(0) {
         o if o < 0 => size.saturating_sub(o.unsigned_abs()),

@@ -211,6 +211,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
 
+    /// 400 with another code.
+    pub fn bad_request_code(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
     /// 404.
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
@@ -327,7 +332,9 @@ fn json_rejection(r: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send JSON with `Content-Type: application/json`".to_string(),
         ),
-        _ => ("invalid_json", r.body_text()),
+        // Bad syntax (400) and a body of the wrong shape (axum says 422) are both
+        // `invalid_json`, answered 400.
+        _ => return ApiError::bad_request_code("invalid_json", r.body_text()),
     };
     ApiError::new(status, code, message)
 }

@@ -13,8 +13,13 @@ pub const VIEWER: &str = "viewer-token-for-tests-00001";
 
 /// `server:` settings with an operator and a viewer token on a free loopback port.
 pub fn server_settings(extra: &str) -> String {
+    server_settings_grace("5s", extra)
+}
+
+/// [`server_settings`] with another shutdown grace period.
+pub fn server_settings_grace(grace: &str, extra: &str) -> String {
     format!(
-        "name: test\nkill_grace: 1s\nlease: 3s\nserver:\n  listen: 127.0.0.1:0\n  shutdown_grace: 5s\n  tokens:\n    - {{name: ops, token: \"${{OPS_TOKEN}}\", role: operator}}\n    - {{name: look, token: \"{VIEWER}\", role: viewer}}\n{extra}"
+        "name: test\nkill_grace: 1s\nlease: 3s\nserver:\n  listen: 127.0.0.1:0\n  shutdown_grace: {grace}\n  tokens:\n    - {{name: ops, token: \"${{OPS_TOKEN}}\", role: operator}}\n    - {{name: look, token: \"{VIEWER}\", role: viewer}}\n{extra}"
     )
 }
 
@@ -85,7 +90,12 @@ impl Server {
     }
 
     /// POST of a JSON body with a token.
-    pub fn post(&self, path: &str, token: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    pub fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let mut req = self.http.post(self.url(path)).json(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -112,7 +122,11 @@ impl Server {
 
     /// Starts a run of a pipeline as the operator; returns its id.
     pub fn trigger(&self, pipeline: &str, body: serde_json::Value) -> String {
-        let (code, v) = self.post(&format!("/api/v1/pipelines/{pipeline}/runs"), Some(OPERATOR), &body);
+        let (code, v) = self.post(
+            &format!("/api/v1/pipelines/{pipeline}/runs"),
+            Some(OPERATOR),
+            &body,
+        );
         assert_eq!(code, 201, "{v}");
         v["run_id"].as_str().unwrap().to_string()
     }
@@ -127,7 +141,10 @@ impl Server {
             }
             if start.elapsed() > limit {
                 let _ = self.child.kill();
-                panic!("server did not stop within {limit:?}: {}", self.stderr.lock().unwrap());
+                panic!(
+                    "server did not stop within {limit:?}: {}",
+                    self.stderr.lock().unwrap()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -149,5 +166,8 @@ impl Drop for Server {
 fn answer(resp: reqwest::blocking::Response) -> (u16, serde_json::Value) {
     let code = resp.status().as_u16();
     let text = resp.text().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
