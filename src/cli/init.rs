@@ -75,10 +75,20 @@ pub fn run(args: &InitArgs) -> anyhow::Result<i32> {
         }
         std::fs::write(&target, text)?;
     }
+    // The server's operator token: random, kept out of version control (.gitignore), and
+    // never overwritten (not even with --force).
+    let dotenv = args.dir.join(".env");
+    if !dotenv.exists() {
+        let token: String = (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect();
+        std::fs::write(&dotenv, format!("CAUCE_OPS_TOKEN={token}\n"))?;
+    }
     let dir = args.dir.display();
     outln!("created a cauce project in {dir}");
     outln!("  run it:        cauce --project {dir} run daily_sales");
     outln!("  seed-001 JSON: cauce --project {dir} run --config {dir}/etl_config.json --workflow full_etl");
     outln!("  see runs:      cauce --project {dir} runs");
+    outln!("  serve the API: cauce --project {dir} server   (operator token in {dir}/.env)");
     Ok(0)
 }

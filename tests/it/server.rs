@@ -77,6 +77,50 @@ fn api_needs_a_token_and_the_right_role() {
 }
 
 #[test]
+fn the_quickstart_project_serves_its_api_with_the_token_init_wrote() {
+    let p = Project::new();
+    let r = p.run(&["init", "--force", p.path().to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let env = p.read(".env");
+    let token = env
+        .trim()
+        .strip_prefix("CAUCE_OPS_TOKEN=")
+        .unwrap()
+        .to_string();
+    assert_eq!(token.len(), 64);
+    let s = Server::start_with(&p, &["--listen", "127.0.0.1:0"]);
+    let (code, list) = s.get("/api/v1/pipelines", Some(&token));
+    assert_eq!(code, 200, "{list}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["daily_sales", "master"]);
+    assert_eq!(list[0]["schedule"], "0 9 * * *");
+    assert!(list[0]["next_runs"][0]
+        .as_str()
+        .unwrap()
+        .ends_with("T09:00:00-03:00"));
+    let (code, v) = s.post(
+        "/api/v1/pipelines/daily_sales/runs",
+        Some(&token),
+        &json!({"params": {"region": "sur"}}),
+    );
+    assert_eq!(code, 201, "{v}");
+    let run = s.wait_run_as(
+        v["run_id"].as_str().unwrap(),
+        Duration::from_secs(60),
+        &token,
+    );
+    assert_eq!(run["run"]["state"], "success", "{run}");
+    // The token never shows in an answer, even though .env made it a secret value.
+    let (_, detail) = s.get("/api/v1/pipelines/daily_sales", Some(&token));
+    assert!(!detail.to_string().contains(&token));
+}
+
+#[test]
 fn bad_requests_get_json_errors_and_start_nothing() {
     let p = project("");
     p.pipeline(

@@ -213,11 +213,11 @@ pub async fn webhook(
     let Some(raw) = &pipeline.webhook_token else {
         return Err(no_hook());
     };
-    let expected = state
-        .services()
-        .templates
-        .expand_env(raw)
-        .map_err(|e| ApiError::internal(format!("webhook token of `{name}`: {e}")))?;
+    // A token whose `${VAR}` is not set disables the webhook (and says so in the log).
+    let expected = state.services().templates.expand_env(raw).map_err(|e| {
+        tracing::error!(pipeline = %name, error = %e, "webhook token cannot be read; the webhook is off");
+        no_hook()
+    })?;
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -35,7 +35,14 @@ pub struct Server {
 impl Server {
     /// Starts `cauce server` in the project (its cauce.yaml must listen on port 0).
     pub fn start(p: &Project) -> Server {
-        let mut cmd = p.cmd(&["server"]);
+        Server::start_with(p, &[])
+    }
+
+    /// Starts `cauce server ARGS...`.
+    pub fn start_with(p: &Project, args: &[&str]) -> Server {
+        let mut all = vec!["server"];
+        all.extend_from_slice(args);
+        let mut cmd = p.cmd(&all);
         cmd.env("OPS_TOKEN", OPERATOR)
             .env("CAUCE_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -105,9 +112,14 @@ impl Server {
 
     /// Waits until a run reaches a final state; returns its detail.
     pub fn wait_run(&self, id: &str, limit: Duration) -> serde_json::Value {
+        self.wait_run_as(id, limit, VIEWER)
+    }
+
+    /// [`Server::wait_run`] with another token.
+    pub fn wait_run_as(&self, id: &str, limit: Duration, token: &str) -> serde_json::Value {
         let start = Instant::now();
         loop {
-            let (code, v) = self.get(&format!("/api/v1/runs/{id}"), Some(VIEWER));
+            let (code, v) = self.get(&format!("/api/v1/runs/{id}"), Some(token));
             assert_eq!(code, 200, "{v}");
             if v["run"]["state"] != "running" {
                 return v;
