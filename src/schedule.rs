@@ -84,10 +84,13 @@ impl Schedule {
                 .map_err(|_| format!("unknown time zone `{name}`"))?,
             None => Tz::UTC,
         };
+        // A start in the hour skipped in spring begins at the end of the gap.
         let start = p.start_date.and_then(|naive| {
-            tz.from_local_datetime(&naive)
-                .earliest()
-                .map(|d| d.with_timezone(&Utc))
+            (0..=4).find_map(|h| {
+                tz.from_local_datetime(&(naive + chrono::Duration::minutes(30 * h)))
+                    .earliest()
+                    .map(|d| d.with_timezone(&Utc))
+            })
         });
         Ok(Some(Schedule {
             expr: expr.clone(),

@@ -1,6 +1,7 @@
 //! The command channel: runs a shell command (`sh -c`) per alert, with the alert as JSON on
 //! standard input and its main fields as `CAUCE_ALERT_*` variables. A non-zero exit is a
-//! failed delivery; a command that outlives the delivery time limit is killed.
+//! failed delivery; a command that outlives the delivery time limit is killed. It runs in
+//! the project root; `$VAR` in it is the shell's (the environment, not `.env`).
 
 use super::{Alert, Channel, DeliveryError};
 use async_trait::async_trait;
@@ -11,11 +12,13 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug)]
 pub struct CommandChannel {
     command: String,
+    cwd: std::path::PathBuf,
 }
 
 impl CommandChannel {
-    pub(super) fn new(command: String) -> CommandChannel {
-        CommandChannel { command }
+    /// Runs `command` in `cwd` (the project root).
+    pub(super) fn new(command: String, cwd: std::path::PathBuf) -> CommandChannel {
+        CommandChannel { command, cwd }
     }
 }
 
@@ -30,6 +33,7 @@ impl Channel for CommandChannel {
         let mut child = tokio::process::Command::new("sh")
             .arg("-c")
             .arg(&self.command)
+            .current_dir(&self.cwd)
             .env("CAUCE_ALERT_EVENT", alert.event.as_str())
             .env("CAUCE_ALERT_PIPELINE", &alert.pipeline)
             .env("CAUCE_ALERT_RUN", &alert.run_id)

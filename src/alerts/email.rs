@@ -33,6 +33,9 @@ impl EmailConfig {
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&url)
             .map_err(|e| format!("email.smtp: {e}"))?
             .timeout(Some(super::DELIVERY_TIMEOUT));
+        if self.password.is_some() && self.username.is_none() {
+            return Err("email: a `password` needs a `username`".into());
+        }
         if let Some(user) = &self.username {
             let user = templates.expand_env(user)?;
             let pass = match &self.password {

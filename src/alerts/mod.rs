@@ -254,7 +254,7 @@ pub fn parse_settings(
 
 impl ChannelConfig {
     /// Builds the channel, expanding `${VAR}` references.
-    fn build(&self, templates: &Templates) -> Result<Arc<dyn Channel>, String> {
+    fn build(&self, templates: &Templates, root: &Path) -> Result<Arc<dyn Channel>, String> {
         if let Some(e) = &self.email {
             return Ok(Arc::new(e.build(templates)?));
         }
@@ -262,7 +262,10 @@ impl ChannelConfig {
             return Ok(Arc::new(w.build(templates)?));
         }
         if let Some(c) = &self.command {
-            return Ok(Arc::new(command::CommandChannel::new(c.clone())));
+            return Ok(Arc::new(command::CommandChannel::new(
+                c.clone(),
+                root.to_path_buf(),
+            )));
         }
         Err("the channel has no kind".into())
     }
@@ -292,11 +295,12 @@ impl Alerter {
         base_url: Option<String>,
         templates: &Templates,
         secrets: Secrets,
+        root: &Path,
     ) -> Alerter {
         let channels = settings
             .channels
             .iter()
-            .map(|(name, c)| (name.clone(), c.build(templates)))
+            .map(|(name, c)| (name.clone(), c.build(templates, root)))
             .collect();
         Alerter {
             channels,
@@ -307,6 +311,15 @@ impl Alerter {
             deliveries: Arc::new(Mutex::new(BTreeMap::new())),
             tracker: TaskTracker::new(),
         }
+    }
+
+    /// Channels whose settings cannot be used (a `${VAR}` not set, a bad URL or address),
+    /// with why. `cauce server` refuses to start with any; a run only logs them.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        self.channels
+            .iter()
+            .filter_map(|(name, c)| c.as_ref().err().map(|e| (name.clone(), e.clone())))
+            .collect()
     }
 
     /// The link to a run, when a base URL is configured.
@@ -373,6 +386,7 @@ impl Alerter {
                     let ch = Arc::clone(ch);
                     let name = name.clone();
                     let deliveries = Arc::clone(&self.deliveries);
+                    let secrets = self.secrets.clone();
                     self.tracker.spawn(async move {
                         let outcome =
                             tokio::time::timeout(DELIVERY_TIMEOUT, ch.deliver(&alert)).await;
@@ -389,6 +403,7 @@ impl Alerter {
                                 "sent"
                             }
                             Err(e) => {
+                                let e = secrets.redact(&e.to_string());
                                 tracing::error!(channel = %name, kind = ch.kind(), event = alert.event.as_str(), run = %alert.run_id, error = %e, "alert delivery failed");
                                 "failed"
                             }

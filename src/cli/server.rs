@@ -62,7 +62,13 @@ pub fn schedule(cx: Context, args: ScheduleArgs) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     let mut found = false;
     for file in cx.project.pipeline_files() {
-        let p = cx.project.load_pipeline(&file)?;
+        let p = match cx.project.load_pipeline(&file) {
+            Ok(p) => p,
+            Err(e) => {
+                errln!("warning: skipping {}: {e}", file.display());
+                continue;
+            }
+        };
         if args.pipeline.as_ref().is_some_and(|n| *n != p.name) {
             continue;
         }

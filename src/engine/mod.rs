@@ -72,6 +72,7 @@ impl Services {
             project.settings.server.base_url.clone(),
             &templates,
             project.secrets.clone(),
+            &project.root,
         ));
         Arc::new(Services {
             store,

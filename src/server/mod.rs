@@ -72,6 +72,17 @@ pub async fn serve(
     if tokens.is_empty() && settings.anonymous.is_none() {
         tracing::warn!("no API tokens in cauce.yaml (server.tokens): every API call but /health and /metrics will be refused");
     }
+    let problems = services.alerts.problems();
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems
+            .iter()
+            .map(|(name, why)| format!("  alerts.channels.{name}: {why}"))
+            .collect();
+        return Err(ServerError::Config(format!(
+            "alert channels cannot be used:\n{}",
+            lines.join("\n")
+        )));
+    }
     let addr = listen.unwrap_or(settings.listen.clone());
     let listener = tokio::net::TcpListener::bind(&addr)
         .await

@@ -75,6 +75,9 @@ pub struct RunManager {
     running: Mutex<HashMap<String, CancellationToken>>,
     tracker: TaskTracker,
     accepting: AtomicBool,
+    /// Held from counting a pipeline's active runs to creating a new one, so that two
+    /// triggers at once cannot both pass `max_active_runs`.
+    admission: tokio::sync::Mutex<()>,
 }
 
 impl RunManager {
@@ -91,6 +94,7 @@ impl RunManager {
             running: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             accepting: AtomicBool::new(true),
+            admission: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -159,6 +163,11 @@ impl RunManager {
         Ok((self.engine.new_run(pipeline, &opts), opts))
     }
 
+    /// Holds new runs back while the caller counts and creates (see `admission`).
+    pub async fn admit(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.admission.lock().await
+    }
+
     /// Refuses when `max_active_runs` runs of the pipeline are active.
     pub async fn check_capacity(&self, pipeline: &Pipeline) -> Result<(), TriggerError> {
         let Some(max) = pipeline.max_active_runs else {
@@ -187,12 +196,15 @@ impl RunManager {
         }
         let pipeline = self.pipeline(&req.pipeline)?;
         let (run, _) = self.plan(&pipeline, &req)?;
-        self.check_capacity(&pipeline).await?;
-        self.engine
-            .services()
-            .store
-            .create_run(&run, now_ms())
-            .await?;
+        {
+            let _admitted = self.admission.lock().await;
+            self.check_capacity(&pipeline).await?;
+            self.engine
+                .services()
+                .store
+                .create_run(&run, now_ms())
+                .await?;
+        }
         tracing::info!(run = %run.id, pipeline = %pipeline.name, trigger = %req.trigger, "run triggered");
         self.start(&run.id).await?;
         Ok(run.id)
@@ -251,7 +263,7 @@ impl RunManager {
         }
         if let Some(r) = self.engine.services().store.get_run(run_id).await? {
             if r.state == RunState::Success {
-                return Err(TriggerError::Invalid(format!(
+                return Err(TriggerError::Busy(format!(
                     "run {run_id} succeeded; there is nothing to retry"
                 )));
             }

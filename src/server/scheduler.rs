@@ -96,6 +96,7 @@ impl Scheduler {
                 }
             };
             let prev = marks.get(&pipeline.name).copied();
+            let _admitted = self.runs.admit().await;
             let due = schedule.due(prev.map(to_time), now);
             let mut fire = due.fire;
             let mut mark = due.mark;

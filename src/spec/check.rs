@@ -90,6 +90,34 @@ pub fn check_pipeline(p: &Pipeline, cx: &CheckContext) -> Vec<SpecError> {
             ));
         }
     }
+    if p.max_active_runs == Some(0) {
+        errors.push(SpecError::new(
+            p.schedule_location.clone(),
+            Some("max_active_runs".into()),
+            "max_active_runs must be at least 1",
+        ));
+    }
+    if p.schedule.is_some() {
+        for (name, param) in &p.params {
+            if param.default.is_none() {
+                errors.push(SpecError::new(
+                    p.schedule_location.clone(),
+                    Some(format!("params.{name}")),
+                    format!("param `{name}` has no default, so a scheduled run could not start; give it a default"),
+                ));
+            }
+        }
+    }
+    if let Some(token) = &p.webhook_token {
+        let t = token.trim();
+        if !(t.starts_with("${") && t.ends_with('}')) {
+            errors.push(SpecError::new(
+                p.schedule_location.clone(),
+                Some("webhook.token".into()),
+                "write the webhook token as `${VAR}` (from .env or the environment): the pipeline file is shown to every API viewer",
+            ));
+        }
+    }
     let task_routes = p
         .tasks
         .iter()

@@ -192,7 +192,7 @@ pub struct Workflow {
 /// Alert channel names per event, each with where it is written.
 #[derive(Debug, Clone, Default)]
 pub struct AlertRoutes {
-    /// A task failed for good, or the run failed.
+    /// A task failed for good.
     pub failure: Vec<(String, Location)>,
     /// An attempt failed and will be retried.
     pub retry: Vec<(String, Location)>,

@@ -1,7 +1,8 @@
 //! `sensor`: waits until a file or glob matches (seed 003's "when new data arrives"), looking
 //! every `poke_interval`, and fails after `timeout`. The files found are its output
 //! (`{"files": [...]}`, in the report and the API) and are named in its log. The path is
-//! templated (`data/in/{{ ds }}/*.csv`) and relative to the pipeline's folder.
+//! templated (`data/in/{{ ds }}/*.csv`) and relative to the folder tasks run in (the
+//! project root for a project's pipelines).
 
 use super::{BuildContext, TaskContext, TaskError, TaskKind, TaskOutput};
 use crate::spec::duration::parse_duration;

@@ -406,7 +406,7 @@ fn cancel_and_retry_through_the_api() {
         Some(OPERATOR),
         &json!({}),
     );
-    assert_eq!(code, 400, "a successful run has nothing to retry");
+    assert_eq!(code, 409, "a successful run has nothing to retry");
 }
 
 #[test]
@@ -915,4 +915,42 @@ fn cauce_schedule_lists_next_fire_times_in_the_pipelines_time_zone() {
     }
     let r = p.run(&["schedule", "nope"]);
     assert_eq!(r.code, 2);
+}
+
+#[test]
+fn unusable_settings_are_refused_before_anything_runs() {
+    let p = Project::new();
+    p.pipeline(
+        "x",
+        "schedule: \"@daily\"\nmax_active_runs: 0\nwebhook: {token: \"plain-text-token-in-the-file\"}\nparams:\n  day: {type: date}\ntasks:\n  a: \"true\"\n",
+    );
+    let r = p.run(&["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    for want in [
+        "max_active_runs must be at least 1",
+        "param `day` has no default",
+        "write the webhook token as `${VAR}`",
+    ] {
+        assert!(r.stderr.contains(want), "{want}: {}", r.stderr);
+    }
+    // A channel whose secret is not set stops the server at start, exit code 2.
+    let p = Project::new();
+    p.write(
+        "cauce.yaml",
+        &server_settings(
+            "alerts:\n  channels:\n    mail:\n      email: {smtp: \"smtp://127.0.0.1:2525\", from: \"a@example.com\", to: [\"b@example.com\"], username: ops, password: \"${SMTP_PASSWORD_NOT_SET}\"}\n",
+        ),
+    );
+    let out = p
+        .cmd(&["server"])
+        .env("OPS_TOKEN", OPERATOR)
+        .output()
+        .unwrap();
+    let r = crate::common::Run::from(out);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("alerts.channels.mail") && r.stderr.contains("SMTP_PASSWORD_NOT_SET"),
+        "{}",
+        r.stderr
+    );
 }

@@ -158,7 +158,8 @@ fn read_range(path: &PathBuf, offset: u64, limit: u64) -> std::io::Result<(Vec<u
 /// One attempt's log: a byte range as JSON, or followed live (`follow=true`).
 #[utoipa::path(get, path = "/api/v1/runs/{id}/tasks/{task}/logs", tag = "runs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Run id"), ("task" = String, Path, description = "Task id"), LogQuery),
-    responses((status = 200, description = "A piece of the log (or an event stream with follow=true)", body = LogChunk),
+    responses((status = 200, description = "A piece of the log; with follow=true, an event stream of `log` events ({offset, text}) and one `end` event",
+            content((LogChunk = "application/json"), (String = "text/event-stream"))),
         (status = 404, body = super::ErrorBody)))]
 pub async fn read(
     State(state): State<AppState>,

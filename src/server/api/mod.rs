@@ -69,7 +69,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/schedules", get(pipelines::schedules))
         .route("/api/v1/execute", post(runs::execute))
         .route("/api/v1/runs", get(runs::list))
-        .route("/api/v1/runs/{id}", get(runs::detail).delete(runs::cancel))
+        .route("/api/v1/runs/{id}", get(runs::detail).delete(runs::delete))
         .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs::retry))
         .route("/api/v1/runs/{id}/report", get(runs::report))
@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         runs::list,
         runs::detail,
         runs::cancel,
+        runs::delete,
         runs::retry,
         runs::report,
         runs::reports,
@@ -124,6 +125,41 @@ impl utoipa::Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
+        // The answers every endpoint may give, documented once here rather than on each.
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let secured = [&mut item.get, &mut item.post, &mut item.delete];
+            for (i, op) in secured.into_iter().enumerate() {
+                let Some(op) = op else { continue };
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, what: &str| {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| error(what).into());
+                };
+                add("400", "A bad parameter or body");
+                add("401", "No token, or an unknown one");
+                add("403", "The token's role may not do this");
+                add("404", "No such pipeline, run, task or endpoint");
+                if i == 1 {
+                    add("409", "The request conflicts with the run's state");
+                    add("413", "The body is larger than 64 KiB");
+                    add("415", "The body is not JSON");
+                    add("503", "The server is shutting down");
+                }
+            }
+        }
     }
 }
 

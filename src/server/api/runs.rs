@@ -226,7 +226,11 @@ pub async fn webhook(
         .map(str::to_string)
         .or(q.token)
         .unwrap_or_default();
-    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given.trim().as_bytes())) {
+    if expected.len() < 16 {
+        tracing::error!(pipeline = %name, "webhook token is shorter than 16 characters; the webhook is off");
+        return Err(no_hook());
+    }
+    if !bool::from(expected.as_bytes().ct_eq(given.trim().as_bytes())) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -403,6 +407,19 @@ pub async fn cancel(
         tasks: vec![],
     };
     Ok(json(&state, StatusCode::ACCEPTED, &body))
+}
+
+/// Seed 001's `DELETE /executions/{id}`: the same as `POST /api/v1/runs/{id}/cancel`.
+#[utoipa::path(delete, path = "/api/v1/runs/{id}", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id")),
+    responses((status = 202, body = Action), (status = 404, body = super::ErrorBody),
+        (status = 409, description = "The run already ended", body = super::ErrorBody)))]
+pub async fn delete(
+    state: State<AppState>,
+    caller: Operator,
+    id: ApiPath<String>,
+) -> Result<Response, ApiError> {
+    cancel(state, caller, id).await
 }
 
 /// Runs again the tasks of a run that did not succeed.
