@@ -109,18 +109,7 @@ pub fn parse_params(raw: &[String]) -> Result<Vec<(String, String)>, UserError> 
 /// Cancels `token` on Ctrl-C or SIGTERM.
 fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        crate::process::stop_signal().await;
         errln!("interrupted: cancelling running tasks...");
         token.cancel();
     });

@@ -4,7 +4,8 @@
 //! kernel (`wait4`). Cancelling sends SIGTERM to the whole group, then SIGKILL after a grace
 //! period; when the main process exits, anything it left running in its group is killed.
 //!
-//! It knows nothing of tasks, retries or the store: it runs one command and reports.
+//! It knows nothing of tasks, retries or the store: it runs one command and reports. It
+//! also owns how cauce itself hears it should stop ([`stop_signal`]).
 
 mod sys;
 
@@ -82,6 +83,31 @@ impl LogFile {
             }
             Err(_) => Arc::new(self.secrets.redactor()),
         }
+    }
+}
+
+/// A signal asking cauce itself to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Ctrl-C (SIGINT).
+    Interrupt,
+    /// SIGTERM (a service manager, `kill`).
+    Terminate,
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn stop_signal() -> StopSignal {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => StopSignal::Interrupt,
+        _ = term => StopSignal::Terminate,
     }
 }
 

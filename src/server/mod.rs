@@ -148,16 +148,8 @@ pub async fn serve(
 }
 
 async fn wait_for_signal() -> Stopped {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => Stopped::Interrupted,
-        _ = term => Stopped::Terminated,
+    match crate::process::stop_signal().await {
+        crate::process::StopSignal::Interrupt => Stopped::Interrupted,
+        crate::process::StopSignal::Terminate => Stopped::Terminated,
     }
 }

@@ -465,6 +465,105 @@ async fn results_and_claims_share_a_transaction(s: &dyn Store) {
     );
 }
 
+async fn schedule_marks_move_by_compare_and_set(s: &dyn Store) {
+    assert!(s.schedule_marks().await.unwrap().is_empty());
+    // First sight: the mark is set, with or without runs.
+    assert!(s.fire_schedule("p", None, 1000, &[], 1000).await.unwrap());
+    assert!(
+        !s.fire_schedule("p", None, 1500, &[new_run("lost", &["a"])], 1500)
+            .await
+            .unwrap(),
+        "a second first sight loses"
+    );
+    assert!(
+        s.get_run("lost").await.unwrap().is_none(),
+        "the loser wrote nothing"
+    );
+    let mut fired = new_run("f1", &["a"]);
+    fired.trigger = "schedule".into();
+    assert!(s
+        .fire_schedule("p", Some(1000), 2000, &[fired], 2000)
+        .await
+        .unwrap());
+    let mut stale = new_run("f2", &["a"]);
+    stale.trigger = "schedule".into();
+    assert!(
+        !s.fire_schedule("p", Some(1000), 3000, &[stale], 3000)
+            .await
+            .unwrap(),
+        "a scheduler with an old mark fires nothing"
+    );
+    assert!(s.get_run("f2").await.unwrap().is_none());
+    assert_eq!(s.get_run("f1").await.unwrap().unwrap().trigger, "schedule");
+    assert_eq!(s.schedule_marks().await.unwrap()["p"], 2000);
+}
+
+async fn pages_filters_sla_marks_and_stats(s: &dyn Store) {
+    for (i, trigger) in ["api", "schedule", "api", "schedule", "api"]
+        .iter()
+        .enumerate()
+    {
+        let mut r = new_run(&format!("r{i}"), &["a", "b"]);
+        r.trigger = trigger.to_string();
+        s.create_run(&r, 1000 + i as i64).await.unwrap();
+    }
+    s.finish_run("r1", RunState::Failed, None, 5000)
+        .await
+        .unwrap();
+    let page = |before: Option<&str>, trigger: Option<&str>, limit| store::RunQuery {
+        pipeline: Some("p".into()),
+        state: None,
+        trigger: trigger.map(String::from),
+        before: before.map(String::from),
+        limit,
+    };
+    let ids = |v: Vec<store::RunRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.runs_page(&page(None, None, 2)).await.unwrap()),
+        ["r4", "r3"]
+    );
+    assert_eq!(
+        ids(s.runs_page(&page(Some("r3"), None, 2)).await.unwrap()),
+        ["r2", "r1"]
+    );
+    assert_eq!(
+        ids(s.runs_page(&page(Some("r1"), None, 2)).await.unwrap()),
+        ["r0"]
+    );
+    assert_eq!(
+        ids(s
+            .runs_page(&page(None, Some("schedule"), 10))
+            .await
+            .unwrap()),
+        ["r3", "r1"]
+    );
+    assert!(s.mark_sla_missed("r3", 7000).await.unwrap());
+    assert!(!s.mark_sla_missed("r3", 8000).await.unwrap(), "marked once");
+    assert_eq!(
+        s.get_run("r3").await.unwrap().unwrap().sla_missed_at,
+        Some(7000)
+    );
+    s.enqueue("r0", &["a".to_string()], 1000).await.unwrap();
+    let stats = s.stats().await.unwrap();
+    let runs = |state| {
+        stats
+            .runs
+            .iter()
+            .find(|(p, st, _)| p == "p" && *st == state)
+            .map(|r| r.2)
+    };
+    assert_eq!(runs(RunState::Running), Some(4));
+    assert_eq!(runs(RunState::Failed), Some(1));
+    assert_eq!(stats.queued_attempts, 1);
+    let pending: u64 = stats
+        .tasks
+        .iter()
+        .filter(|(st, _)| *st == TaskState::Pending)
+        .map(|t| t.1)
+        .sum();
+    assert_eq!(pending, 9, "{:?}", stats.tasks);
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -487,8 +586,50 @@ conformance!(
     leases_expire_and_late_results_are_rejected,
     finalize_and_reset,
     claim_many_takes_up_to_the_limit_in_queue_order,
-    results_and_claims_share_a_transaction
+    results_and_claims_share_a_transaction,
+    schedule_marks_move_by_compare_and_set,
+    pages_filters_sla_marks_and_stats
 );
+
+/// A store made by the first release (schema 1) is upgraded in place, its runs kept.
+#[tokio::test]
+async fn a_schema_1_store_is_upgraded_in_place() {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        let v1 = include_str!("../../src/store/migrations/sqlite_v1.sql");
+        for stmt in v1.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(sqlx::AssertSqlSafe(stmt))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        sqlx::query("INSERT INTO cauce_meta (key, value) VALUES ('schema_version', '1')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO runs (id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, created_at) VALUES ('old', 'p', 'p.yaml', '.', 'tasks: {}', 'success', '{}', '[]', '{}', '2024-01-01T00:00:00Z', 'manual', 1)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let s = store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    let old = s.get_run("old").await.unwrap().unwrap();
+    assert_eq!((old.state, old.sla_missed_at), (RunState::Success, None));
+    assert!(s.fire_schedule("p", None, 1, &[], 1).await.unwrap());
+    drop(s);
+    // Opening it again changes nothing.
+    let s = store::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    assert_eq!(s.schedule_marks().await.unwrap()["p"], 1);
+}
 
 #[tokio::test]
 async fn bad_store_urls_are_explained() {
