@@ -23,8 +23,8 @@ fn duration_histogram() -> Histogram {
 }
 
 fn lag_histogram() -> Histogram {
-    // 1 ms to about 4.5 hours.
-    Histogram::new(exponential_buckets(0.001, 4.0, 12))
+    // 1 ms to about 65 s, doubling.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 /// What this process observes.

@@ -195,7 +195,7 @@ impl RunManager {
             return Err(TriggerError::ShuttingDown);
         }
         let pipeline = self.pipeline(&req.pipeline)?;
-        let (run, _) = self.plan(&pipeline, &req)?;
+        let (run, opts) = self.plan(&pipeline, &req)?;
         {
             let _admitted = self.admission.lock().await;
             self.check_capacity(&pipeline).await?;
@@ -206,7 +206,7 @@ impl RunManager {
                 .await?;
         }
         tracing::info!(run = %run.id, pipeline = %pipeline.name, trigger = %req.trigger, "run triggered");
-        self.start(&run.id).await?;
+        self.start_planned(&run.id, pipeline, opts);
         Ok(run.id)
     }
 
@@ -215,6 +215,24 @@ impl RunManager {
         let info = Arc::new(self.engine.load_run(run_id).await?);
         self.spawn(info);
         Ok(())
+    }
+
+    /// Executes a run just created from `plan`, with the pipeline already in memory.
+    pub fn start_planned(
+        self: &Arc<Self>,
+        run_id: &str,
+        pipeline: Arc<Pipeline>,
+        opts: RunOptions,
+    ) {
+        self.spawn(Arc::new(RunInfo {
+            id: run_id.to_string(),
+            pipeline,
+            params: opts.params,
+            logical_date: opts.logical_date,
+            max_workers: opts.max_workers,
+            continue_on_failure: opts.continue_on_failure,
+            depth: opts.depth,
+        }));
     }
 
     fn spawn(self: &Arc<Self>, info: Arc<RunInfo>) {

@@ -13,7 +13,7 @@ use super::runs::{RunManager, TriggerRequest};
 use crate::alerts::{Alert, AlertEvent};
 use crate::schedule::Schedule;
 use crate::state::RunState;
-use crate::store::{now_ms, Millis, RunQuery};
+use crate::store::{now_ms, Millis, RunQuery, ScheduleFire};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -72,13 +72,17 @@ impl Scheduler {
         }
     }
 
-    /// One pass over every scheduled pipeline at `now`.
+    /// One pass over every scheduled pipeline at `now`: what is due is worked out for all
+    /// of them, fired in one store transaction, then started.
     pub async fn pass(&self, now: DateTime<Utc>) -> Result<(), crate::engine::EngineError> {
         if !self.runs.accepting() {
             return Ok(());
         }
         let store = Arc::clone(&self.runs.engine().services().store);
+        let _admitted = self.runs.admit().await;
         let marks = store.schedule_marks().await?;
+        let mut fires = Vec::new();
+        let mut planned = Vec::new();
         for pipeline in self.runs.catalog().pipelines() {
             let schedule = match Schedule::of(&pipeline) {
                 Ok(Some(s)) => s,
@@ -96,7 +100,6 @@ impl Scheduler {
                 }
             };
             let prev = marks.get(&pipeline.name).copied();
-            let _admitted = self.runs.admit().await;
             let due = schedule.due(prev.map(to_time), now);
             let mut fire = due.fire;
             let mut mark = due.mark;
@@ -119,7 +122,8 @@ impl Scheduler {
             if fire.is_empty() && prev.is_some() {
                 continue;
             }
-            let mut new_runs = Vec::new();
+            let mut runs = Vec::new();
+            let mut starts = Vec::new();
             for at in &fire {
                 let req = TriggerRequest {
                     pipeline: pipeline.name.clone(),
@@ -128,33 +132,39 @@ impl Scheduler {
                     ..Default::default()
                 };
                 match self.runs.plan(&pipeline, &req) {
-                    Ok((run, _)) => new_runs.push(run),
+                    Ok((run, opts)) => {
+                        starts.push((run.id.clone(), opts, *at));
+                        runs.push(run);
+                    }
+                    // `cauce validate` refuses scheduled pipelines whose params lack
+                    // defaults; anything else is logged and its fire time consumed, so it is
+                    // not tried again every second.
                     Err(e) => {
-                        // Required params without defaults, for instance: the fire time is
-                        // consumed (so it is not retried every second) and the error logged.
-                        tracing::error!(pipeline = %pipeline.name, error = %e, "scheduled run cannot start");
+                        tracing::error!(pipeline = %pipeline.name, error = %e, "scheduled run cannot start")
                     }
                 }
             }
-            let fired = store
-                .fire_schedule(
-                    &pipeline.name,
-                    prev,
-                    mark.timestamp_millis(),
-                    &new_runs,
-                    now_ms(),
-                )
-                .await?;
+            fires.push(ScheduleFire {
+                pipeline: pipeline.name.clone(),
+                prev,
+                mark: mark.timestamp_millis(),
+                runs,
+            });
+            planned.push((pipeline, starts));
+        }
+        if fires.is_empty() {
+            return Ok(());
+        }
+        let moved = store.fire_schedules(&fires, now_ms()).await?;
+        for ((pipeline, starts), fired) in planned.into_iter().zip(moved) {
             if !fired {
                 continue; // another scheduler moved the mark first
             }
-            for (run, at) in new_runs.iter().zip(&fire) {
-                let lag = (Utc::now() - *at).to_std().unwrap_or_default();
+            for (id, opts, at) in starts {
+                let lag = (Utc::now() - at).to_std().unwrap_or_default();
                 self.metrics.observe_fire(&pipeline.name, lag);
-                tracing::info!(run = %run.id, pipeline = %pipeline.name, due = %at.to_rfc3339(), lag_ms = lag.as_millis() as u64, "scheduled run started");
-                if let Err(e) = self.runs.start(&run.id).await {
-                    tracing::error!(run = %run.id, error = %e, "scheduled run could not start; it will be resumed");
-                }
+                tracing::info!(run = %id, pipeline = %pipeline.name, due = %at.to_rfc3339(), lag_ms = lag.as_millis() as u64, "scheduled run started");
+                self.runs.start_planned(&id, Arc::clone(&pipeline), opts);
             }
         }
         Ok(())

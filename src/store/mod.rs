@@ -253,6 +253,19 @@ pub struct RunQuery {
     pub limit: u32,
 }
 
+/// One pipeline's part of a scheduler pass.
+#[derive(Debug, Clone)]
+pub struct ScheduleFire {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// The mark the scheduler read (`None`: none yet).
+    pub prev: Option<Millis>,
+    /// The new mark.
+    pub mark: Millis,
+    /// The runs to create with it.
+    pub runs: Vec<NewRun>,
+}
+
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStats {
@@ -297,7 +310,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         mark: Millis,
         runs: &[NewRun],
         now: Millis,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        let fire = ScheduleFire {
+            pipeline: pipeline.to_string(),
+            prev,
+            mark,
+            runs: runs.to_vec(),
+        };
+        Ok(self
+            .fire_schedules(std::slice::from_ref(&fire), now)
+            .await?
+            .first()
+            .copied()
+            .unwrap_or(false))
+    }
+    /// [`Store::fire_schedule`] for many pipelines in one transaction (one scheduler pass):
+    /// each mark is compared and moved on its own; the answer says which moved.
+    async fn fire_schedules(&self, fires: &[ScheduleFire], now: Millis) -> StoreResult<Vec<bool>>;
     /// Records that a run missed its SLA; false when that was already recorded.
     async fn mark_sla_missed(&self, run_id: &str, now: Millis) -> StoreResult<bool>;
     /// Counts for metrics.

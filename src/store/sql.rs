@@ -29,7 +29,12 @@ enum Dialect {
 /// A store on SQLite or PostgreSQL.
 #[derive(Debug)]
 pub struct SqlStore {
+    /// Writes (and reads inside write transactions). One connection on SQLite.
     pool: AnyPool,
+    /// Reads outside transactions: on SQLite, several read-only connections that WAL lets
+    /// run beside the writer (the API's listings do not queue behind the engine); on
+    /// PostgreSQL, the same pool.
+    reader: AnyPool,
     dialect: Dialect,
 }
 
@@ -108,8 +113,27 @@ impl SqlStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect(&url)
             .await?;
-        let store = SqlStore { pool, dialect };
+        let mut store = SqlStore {
+            reader: pool.clone(),
+            pool,
+            dialect,
+        };
         store.migrate().await?;
+        if dialect == Dialect::Sqlite {
+            store.reader = AnyPoolOptions::new()
+                .max_connections(4)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        for pragma in ["PRAGMA busy_timeout = 30000", "PRAGMA query_only = ON"] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(&url)
+                .await?;
+        }
         Ok(store)
     }
 
@@ -519,65 +543,85 @@ impl Store for SqlStore {
     }
 
     async fn runs_page(&self, q: &RunQuery) -> StoreResult<Vec<RunRecord>> {
-        let rows = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE ($1 IS NULL OR pipeline = $1) AND ($2 IS NULL OR state = $2) AND ($3 IS NULL OR trigger_kind = $3) AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"))
-            .bind(q.pipeline.clone())
-            .bind(q.state.map(|s| s.as_str().to_string()))
-            .bind(q.trigger.clone())
-            .bind(q.before.clone())
+        // Only the filters given are in the WHERE clause, so that SQLite can use the
+        // (pipeline, state, id) index instead of scanning every run.
+        let mut filters: Vec<&'static str> = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("pipeline = ", q.pipeline.clone()),
+            ("state = ", q.state.map(|s| s.as_str().to_string())),
+            ("trigger_kind = ", q.trigger.clone()),
+            ("id < ", q.before.clone()),
+        ] {
+            if let Some(v) = value {
+                filters.push(column);
+                values.push(v);
+            }
+        }
+        let mut sql = concat!("SELECT ", run_cols!(), " FROM runs").to_string();
+        for (i, f) in filters.iter().enumerate() {
+            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+            sql.push_str(f);
+            sql.push_str(&format!("${}", i + 1));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len() + 1));
+        // Audited: only fixed column names and `$n` placeholders are formatted in; every
+        // value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in values {
+            query = query.bind(v);
+        }
+        let rows = query
             .bind(i64::from(q.limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         rows.iter().map(run_from_row).collect()
     }
 
     async fn schedule_marks(&self) -> StoreResult<std::collections::HashMap<String, Millis>> {
         let rows = sqlx::query("SELECT pipeline, last_fire FROM schedules")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("pipeline")?, r.try_get("last_fire")?)))
             .collect()
     }
 
-    async fn fire_schedule(
-        &self,
-        pipeline: &str,
-        prev: Option<Millis>,
-        mark: Millis,
-        runs: &[NewRun],
-        now: Millis,
-    ) -> StoreResult<bool> {
+    async fn fire_schedules(&self, fires: &[ScheduleFire], now: Millis) -> StoreResult<Vec<bool>> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let moved = match prev {
-            Some(p) => sqlx::query(
-                "UPDATE schedules SET last_fire = $1, updated_at = $2 WHERE pipeline = $3 AND last_fire = $4",
-            )
-            .bind(mark)
-            .bind(now)
-            .bind(pipeline)
-            .bind(p)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
-            None => sqlx::query(
-                "INSERT INTO schedules (pipeline, last_fire, updated_at) VALUES ($1, $2, $3) ON CONFLICT (pipeline) DO NOTHING",
-            )
-            .bind(pipeline)
-            .bind(mark)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
-        };
-        if moved == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        for run in runs {
-            insert_run(&mut tx, run, now).await?;
+        let mut moved = Vec::with_capacity(fires.len());
+        for f in fires {
+            let n = match f.prev {
+                Some(p) => sqlx::query(
+                    "UPDATE schedules SET last_fire = $1, updated_at = $2 WHERE pipeline = $3 AND last_fire = $4",
+                )
+                .bind(f.mark)
+                .bind(now)
+                .bind(&f.pipeline)
+                .bind(p)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+                None => sqlx::query(
+                    "INSERT INTO schedules (pipeline, last_fire, updated_at) VALUES ($1, $2, $3) ON CONFLICT (pipeline) DO NOTHING",
+                )
+                .bind(&f.pipeline)
+                .bind(f.mark)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            };
+            // A mark another scheduler moved first is left alone, and its runs not made.
+            if n > 0 {
+                for run in &f.runs {
+                    insert_run(&mut tx, run, now).await?;
+                }
+            }
+            moved.push(n > 0);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(moved)
     }
 
     async fn mark_sla_missed(&self, run_id: &str, now: Millis) -> StoreResult<bool> {
@@ -595,7 +639,7 @@ impl Store for SqlStore {
         let mut stats = StoreStats::default();
         for r in
             sqlx::query("SELECT pipeline, state, COUNT(*) AS n FROM runs GROUP BY pipeline, state")
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await?
         {
             let state: String = r.try_get("state")?;
@@ -606,7 +650,7 @@ impl Store for SqlStore {
             }
         }
         for r in sqlx::query("SELECT state, COUNT(*) AS n FROM task_runs GROUP BY state")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?
         {
             let state: String = r.try_get("state")?;
@@ -615,7 +659,7 @@ impl Store for SqlStore {
             }
         }
         for r in sqlx::query("SELECT state, COUNT(*) AS n FROM attempts WHERE state IN ('queued', 'running') GROUP BY state")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.reader)
             .await?
         {
             let state: String = r.try_get("state")?;
@@ -631,7 +675,7 @@ impl Store for SqlStore {
     async fn get_run(&self, id: &str) -> StoreResult<Option<RunRecord>> {
         let row = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.reader)
             .await?;
         row.as_ref().map(run_from_row).transpose()
     }
@@ -658,7 +702,7 @@ impl Store for SqlStore {
             " FROM task_runs WHERE run_id = $1 ORDER BY position"
         ))
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(task_from_row).collect()
     }
@@ -670,7 +714,7 @@ impl Store for SqlStore {
             " FROM attempts WHERE run_id = $1 ORDER BY id"
         ))
         .bind(run_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.reader)
         .await?;
         rows.iter().map(attempt_from_row).collect()
     }
