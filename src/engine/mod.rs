@@ -125,13 +125,40 @@ pub fn run_is_orphaned(run: &crate::store::RunRecord, lease: Duration, now: i64)
     dead || stale
 }
 
-/// A new run id: creation time to the millisecond plus randomness, so ids sort by time.
+/// A new run id: creation time to the millisecond plus 4 hex digits, so ids sort by time.
+/// The digits start at a random value in each millisecond (processes sharing a store rarely
+/// meet) and count up within it, so the ids one process makes never repeat, even when a
+/// scheduler pass creates hundreds of runs in the same millisecond, and keep their order.
 pub fn new_run_id() -> String {
-    format!(
-        "{}-{:04x}",
-        Utc::now().format("%Y%m%dT%H%M%S%3f"),
-        rand::random::<u16>()
-    )
+    static LAST: std::sync::Mutex<(i64, u32)> = std::sync::Mutex::new((0, 0));
+    let mut now = Utc::now();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let ms = now.timestamp_millis();
+    let suffix = if ms <= last.0 && last.1 < 0xffff {
+        // Same millisecond (or the clock stepped back): count up from the last id.
+        now = DateTime::from_timestamp_millis(last.0).unwrap_or(now);
+        last.1 + 1
+    } else if ms <= last.0 {
+        // 65,536 ids in one millisecond: borrow the next one.
+        now = DateTime::from_timestamp_millis(last.0 + 1).unwrap_or(now);
+        0
+    } else {
+        u32::from(rand::random::<u16>() & 0x7fff)
+    };
+    *last = (now.timestamp_millis(), suffix);
+    format!("{}-{:04x}", now.format("%Y%m%dT%H%M%S%3f"), suffix)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_ids_made_at_once_are_unique_and_ordered() {
+        let ids: Vec<String> = (0..5000).map(|_| super::new_run_id()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted, ids, "unique and already in creation order");
+    }
 }
 
 /// What the engine tells the user interface as a run progresses.

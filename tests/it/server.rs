@@ -954,3 +954,41 @@ fn unusable_settings_are_refused_before_anything_runs() {
         r.stderr
     );
 }
+
+#[test]
+fn a_hundred_pipelines_due_at_once_all_fire_in_one_pass() {
+    let p = project("");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    for i in 0..100 {
+        p.pipeline(
+            &format!("p{i:03}"),
+            &format!("schedule: \"* * * * *\"\nstart_date: \"{today}\"\ntasks:\n  a: \"true\"\n"),
+        );
+    }
+    let s = Server::start(&p);
+    let mut runs = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "100 scheduled runs to succeed",
+        || {
+            let (_, v) = s.get(
+                "/api/v1/runs?trigger=schedule&state=success&limit=500",
+                Some(VIEWER),
+            );
+            runs = v["runs"].as_array().cloned().unwrap_or_default();
+            runs.len() >= 100
+        },
+    );
+    let mut pipelines: Vec<&str> = runs
+        .iter()
+        .map(|r| r["pipeline"].as_str().unwrap())
+        .collect();
+    pipelines.sort();
+    pipelines.dedup();
+    assert!(
+        pipelines.len() == 100,
+        "every pipeline fired: {}",
+        pipelines.len()
+    );
+    assert!(!s.log().contains("scheduler pass failed"), "{}", s.log());
+}
