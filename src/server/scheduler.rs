@@ -156,12 +156,13 @@ impl Scheduler {
             return Ok(());
         }
         let moved = store.fire_schedules(&fires, now_ms()).await?;
+        let created = Utc::now();
         for ((pipeline, starts), fired) in planned.into_iter().zip(moved) {
             if !fired {
                 continue; // another scheduler moved the mark first
             }
             for (id, opts, at) in starts {
-                let lag = (Utc::now() - at).to_std().unwrap_or_default();
+                let lag = (created - at).to_std().unwrap_or_default();
                 self.metrics.observe_fire(&pipeline.name, lag);
                 tracing::info!(run = %id, pipeline = %pipeline.name, due = %at.to_rfc3339(), lag_ms = lag.as_millis() as u64, "scheduled run started");
                 self.runs.start_planned(&id, Arc::clone(&pipeline), opts);
