@@ -349,6 +349,24 @@ impl Engine {
     /// dead executor are marked lost, and every task that did not succeed goes back to
     /// `pending` with a fresh retry budget. Refuses while a live process still runs it.
     pub async fn prepare_retry(&self, run_id: &str) -> Result<Vec<String>, EngineError> {
+        self.prepare_retry_of(run_id, None).await
+    }
+
+    /// Like [`Engine::prepare_retry`], but runs again one task (whatever its state) and
+    /// every selected task downstream of it; the rest of the run is kept as it is.
+    pub async fn prepare_retry_task(
+        &self,
+        run_id: &str,
+        task: &str,
+    ) -> Result<Vec<String>, EngineError> {
+        self.prepare_retry_of(run_id, Some(task)).await
+    }
+
+    async fn prepare_retry_of(
+        &self,
+        run_id: &str,
+        only: Option<&str>,
+    ) -> Result<Vec<String>, EngineError> {
         let store = &self.services.store;
         let rec = store
             .get_run(run_id)
@@ -378,13 +396,42 @@ impl Engine {
                 )
                 .await?;
         }
-        let to_reset: Vec<String> = store
-            .task_runs(run_id)
-            .await?
-            .into_iter()
-            .filter(|t| t.state != TaskState::Success)
-            .map(|t| t.task_id)
-            .collect();
+        let tasks = store.task_runs(run_id).await?;
+        let to_reset: Vec<String> = match only {
+            None => tasks
+                .into_iter()
+                .filter(|t| t.state != TaskState::Success)
+                .map(|t| t.task_id)
+                .collect(),
+            Some(task) => {
+                if !tasks.iter().any(|t| t.task_id == task) {
+                    return Err(EngineError::Refused(format!(
+                        "run {run_id} has no task `{task}`"
+                    )));
+                }
+                let info = self.load_run(run_id).await?;
+                let deps = dag::dependencies(&info.pipeline);
+                let mut chosen: IndexSet<String> = IndexSet::new();
+                chosen.insert(task.to_string());
+                // Everything downstream, transitively, within the run's tasks.
+                loop {
+                    let before = chosen.len();
+                    for (id, ups) in &deps {
+                        if ups.iter().any(|u| chosen.contains(u)) {
+                            chosen.insert(id.clone());
+                        }
+                    }
+                    if chosen.len() == before {
+                        break;
+                    }
+                }
+                tasks
+                    .into_iter()
+                    .filter(|t| chosen.contains(&t.task_id))
+                    .map(|t| t.task_id)
+                    .collect()
+            }
+        };
         self.close_orphaned_children(run_id, now).await?;
         store.reset_tasks(run_id, &to_reset).await?;
         store.take_run(run_id, &self.services.owner, now).await?;

@@ -291,6 +291,20 @@ impl RunManager {
         Ok(reset)
     }
 
+    /// Runs one task of an ended run again, with everything downstream of it.
+    pub async fn retry_task(
+        self: &Arc<Self>,
+        run_id: &str,
+        task: &str,
+    ) -> Result<Vec<String>, TriggerError> {
+        if !self.accepting() {
+            return Err(TriggerError::ShuttingDown);
+        }
+        let reset = self.engine.prepare_retry_task(run_id, task).await?;
+        self.start(run_id).await?;
+        Ok(reset)
+    }
+
     /// Finds runs nobody executes any more (their process died, or stopped heartbeating
     /// for longer than a lease) and executes them again here, from where they stopped.
     /// Child runs are left to their parent, whose retry closes them.

@@ -249,8 +249,46 @@ pub struct RunQuery {
     pub trigger: Option<String>,
     /// Only runs with an id below this one (the cursor of the previous page).
     pub before: Option<String>,
+    /// Only runs that have ended.
+    pub ended: bool,
     /// At most this many.
     pub limit: u32,
+}
+
+/// A run without its definition, params or options: what listings and KPIs need.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    /// Id.
+    pub id: String,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// State.
+    pub state: RunState,
+    /// What started it.
+    pub trigger: String,
+    /// Logical date.
+    pub logical_date: String,
+    /// Creation time.
+    pub created_at: Millis,
+    /// End time.
+    pub ended_at: Option<Millis>,
+    /// Parent run id, for child runs.
+    pub parent_run_id: Option<String>,
+}
+
+/// Ended runs per pipeline since two times (for success rates).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Ended since the first time.
+    pub ended_a: u64,
+    /// Of those, successful.
+    pub success_a: u64,
+    /// Ended since the second time.
+    pub ended_b: u64,
+    /// Of those, successful.
+    pub success_b: u64,
 }
 
 /// One pipeline's part of a scheduler pass.
@@ -298,6 +336,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Vec<RunRecord>>;
     /// A page of runs, newest first.
     async fn runs_page(&self, q: &RunQuery) -> StoreResult<Vec<RunRecord>>;
+    /// [`Store::runs_page`] without the heavy columns.
+    async fn run_summaries(&self, q: &RunQuery) -> StoreResult<Vec<RunSummary>>;
+    /// Ended runs and successes per pipeline, created since `a` and since `b`.
+    async fn run_counts(&self, a: Millis, b: Millis) -> StoreResult<Vec<RunCounts>>;
     /// The last fire time handled, per scheduled pipeline.
     async fn schedule_marks(&self) -> StoreResult<std::collections::HashMap<String, Millis>>;
     /// Moves a pipeline's schedule mark from `prev` to `mark` and creates `runs`, in one

@@ -137,6 +137,43 @@ impl SqlStore {
         Ok(store)
     }
 
+    /// Runs matching a query, newest first, with the given SELECT (columns and table). Only
+    /// the filters given are in the WHERE clause, so that SQLite can use the
+    /// (pipeline, state, id) index instead of scanning every run.
+    async fn run_rows(&self, select: &'static str, q: &RunQuery) -> StoreResult<Vec<AnyRow>> {
+        let mut filters: Vec<&'static str> = Vec::new();
+        let mut values: Vec<String> = Vec::new();
+        for (column, value) in [
+            ("pipeline = ", q.pipeline.clone()),
+            ("state = ", q.state.map(|s| s.as_str().to_string())),
+            ("trigger_kind = ", q.trigger.clone()),
+            ("id < ", q.before.clone()),
+            ("state <> ", q.ended.then(|| "running".to_string())),
+        ] {
+            if let Some(v) = value {
+                filters.push(column);
+                values.push(v);
+            }
+        }
+        let mut sql = select.to_string();
+        for (i, f) in filters.iter().enumerate() {
+            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+            sql.push_str(f);
+            sql.push_str(&format!("${}", i + 1));
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len() + 1));
+        // Audited: only fixed column lists, column names and `$n` placeholders are
+        // formatted in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for v in values {
+            query = query.bind(v);
+        }
+        Ok(query
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.reader)
+            .await?)
+    }
+
     fn begin_sql(&self) -> &'static str {
         match self.dialect {
             Dialect::Sqlite => "BEGIN IMMEDIATE",
@@ -543,39 +580,65 @@ impl Store for SqlStore {
     }
 
     async fn runs_page(&self, q: &RunQuery) -> StoreResult<Vec<RunRecord>> {
-        // Only the filters given are in the WHERE clause, so that SQLite can use the
-        // (pipeline, state, id) index instead of scanning every run.
-        let mut filters: Vec<&'static str> = Vec::new();
-        let mut values: Vec<String> = Vec::new();
-        for (column, value) in [
-            ("pipeline = ", q.pipeline.clone()),
-            ("state = ", q.state.map(|s| s.as_str().to_string())),
-            ("trigger_kind = ", q.trigger.clone()),
-            ("id < ", q.before.clone()),
-        ] {
-            if let Some(v) = value {
-                filters.push(column);
-                values.push(v);
-            }
-        }
-        let mut sql = concat!("SELECT ", run_cols!(), " FROM runs").to_string();
-        for (i, f) in filters.iter().enumerate() {
-            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
-            sql.push_str(f);
-            sql.push_str(&format!("${}", i + 1));
-        }
-        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", values.len() + 1));
-        // Audited: only fixed column names and `$n` placeholders are formatted in; every
-        // value is bound.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for v in values {
-            query = query.bind(v);
-        }
-        let rows = query
-            .bind(i64::from(q.limit))
-            .fetch_all(&self.reader)
+        let rows = self
+            .run_rows(concat!("SELECT ", run_cols!(), " FROM runs"), q)
             .await?;
         rows.iter().map(run_from_row).collect()
+    }
+
+    async fn run_summaries(&self, q: &RunQuery) -> StoreResult<Vec<RunSummary>> {
+        let rows = self
+            .run_rows(
+                "SELECT id, pipeline, state, trigger_kind, logical_date, created_at, ended_at, parent_run_id FROM runs",
+                q,
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(RunSummary {
+                    id: row.try_get("id")?,
+                    pipeline: row.try_get("pipeline")?,
+                    state: RunState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("run state `{state}`")))?,
+                    trigger: row.try_get("trigger_kind")?,
+                    logical_date: row.try_get("logical_date")?,
+                    created_at: row.try_get("created_at")?,
+                    ended_at: row.try_get("ended_at")?,
+                    parent_run_id: row.try_get("parent_run_id")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn run_counts(&self, a: Millis, b: Millis) -> StoreResult<Vec<RunCounts>> {
+        let rows = sqlx::query(
+            "SELECT pipeline, \
+             SUM(CASE WHEN created_at >= $1 THEN 1 ELSE 0 END) AS ended_a, \
+             SUM(CASE WHEN created_at >= $1 AND state = 'success' THEN 1 ELSE 0 END) AS success_a, \
+             SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END) AS ended_b, \
+             SUM(CASE WHEN created_at >= $2 AND state = 'success' THEN 1 ELSE 0 END) AS success_b \
+             FROM runs WHERE created_at >= $3 AND state <> 'running' GROUP BY pipeline",
+        )
+        .bind(a)
+        .bind(b)
+        .bind(a.min(b))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n = |c: &str| -> StoreResult<u64> {
+                    Ok(r.try_get::<Option<i64>, _>(c)?.unwrap_or(0).max(0) as u64)
+                };
+                Ok(RunCounts {
+                    pipeline: r.try_get("pipeline")?,
+                    ended_a: n("ended_a")?,
+                    success_a: n("success_a")?,
+                    ended_b: n("ended_b")?,
+                    success_b: n("success_b")?,
+                })
+            })
+            .collect()
     }
 
     async fn schedule_marks(&self) -> StoreResult<std::collections::HashMap<String, Millis>> {

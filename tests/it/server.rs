@@ -992,3 +992,89 @@ fn a_hundred_pipelines_due_at_once_all_fire_in_one_pass() {
     );
     assert!(!s.log().contains("scheduler pass failed"), "{}", s.log());
 }
+
+#[test]
+fn the_overview_counts_runs_and_one_task_can_be_run_again() {
+    let p = project("");
+    p.pipeline(
+        "etl",
+        "sla: 1h\ntasks:\n  extract: {run: \"echo x >> extract.count\", category: extraction}\n  load: {run: \"test -f ok && echo y >> load.count\", depends_on: [extract], category: load}\n  report: {run: \"echo z >> report.count\", depends_on: [load]}\n",
+    );
+    p.pipeline("other", "tasks:\n  a: \"true\"\n");
+    let s = Server::start(&p);
+    let failed = s.trigger("etl", json!({}));
+    s.wait_run(&failed, Duration::from_secs(20));
+    p.write("ok", "");
+    for _ in 0..2 {
+        let id = s.trigger("etl", json!({}));
+        s.wait_run(&id, Duration::from_secs(20));
+    }
+    let (code, v) = s.get("/api/v1/overview", Some(VIEWER));
+    assert_eq!(code, 200, "{v}");
+    let etl = v["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "etl")
+        .unwrap();
+    assert_eq!(etl["runs_7d"], 3);
+    assert!(
+        (etl["success_rate_7d"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-9,
+        "{etl}"
+    );
+    assert_eq!(etl["last_run"]["state"], "success");
+    assert_eq!(etl["durations"].as_array().unwrap().len(), 3);
+    assert_eq!(etl["durations"][0]["state"], "failed", "oldest first");
+    assert_eq!(etl["categories"], json!(["extraction", "load"]));
+    assert_eq!(etl["stale"], false);
+    assert!(etl["freshness_s"].as_f64().unwrap() < 60.0);
+    let (_, v) = s.get("/api/v1/overview?category=load", Some(VIEWER));
+    assert_eq!(v["pipelines"].as_array().unwrap().len(), 1);
+    let (_, v) = s.get("/api/v1/overview?state=failed", Some(VIEWER));
+    assert_eq!(v["pipelines"].as_array().unwrap().len(), 0);
+    // The first run failed at `load`: run `load` again, and `report` after it, not `extract`.
+    let (code, v) = s.post(
+        &format!("/api/v1/runs/{failed}/tasks/load/retry"),
+        Some(OPERATOR),
+        &json!({}),
+    );
+    assert_eq!(code, 202, "{v}");
+    assert_eq!(v["tasks"], json!(["load", "report"]));
+    let run = s.wait_run(&failed, Duration::from_secs(20));
+    assert_eq!(run["run"]["state"], "success", "{run}");
+    assert_eq!(
+        p.read("extract.count").lines().count(),
+        3,
+        "extract ran once per run"
+    );
+    let (code, _) = s.post(
+        &format!("/api/v1/runs/{failed}/tasks/nope/retry"),
+        Some(OPERATOR),
+        &json!({}),
+    );
+    assert_eq!(code, 409);
+    let (code, _) = s.post(
+        &format!("/api/v1/runs/{failed}/tasks/load/retry"),
+        Some(VIEWER),
+        &json!({}),
+    );
+    assert_eq!(code, 403);
+    // The dashboard is served from the binary, with no token needed for its files.
+    let page = s.http.get(s.url("/")).send().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let js = s.http.get(s.url("/ui/app.js")).send().unwrap();
+    assert_eq!(js.status().as_u16(), 200);
+    // The pipeline's tasks carry their column for drawing the DAG.
+    let (_, d) = s.get("/api/v1/pipelines/etl", Some(VIEWER));
+    let layers: Vec<u64> = d["task_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["layer"].as_u64().unwrap())
+        .collect();
+    assert_eq!(layers, [0, 1, 2]);
+}

@@ -515,6 +515,7 @@ async fn pages_filters_sla_marks_and_stats(s: &dyn Store) {
         state: None,
         trigger: trigger.map(String::from),
         before: before.map(String::from),
+        ended: false,
         limit,
     };
     let ids = |v: Vec<store::RunRecord>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();

@@ -9,6 +9,7 @@
 //! followed). They act through [`RunManager`] and the store; none keeps state of its own.
 
 mod logs;
+mod overview;
 mod pipelines;
 mod runs;
 
@@ -60,7 +61,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/health", get(pipelines::health))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/", get(ui_index))
+        .route("/ui/app.js", get(ui_js))
+        .route("/ui/app.css", get(ui_css))
         .route("/api/v1/me", get(pipelines::me))
+        .route("/api/v1/overview", get(overview::overview))
         .route("/api/v1/pipelines", get(pipelines::list))
         .route("/api/v1/pipelines/{name}", get(pipelines::detail))
         .route("/api/v1/pipelines/{name}/runs", post(runs::trigger))
@@ -72,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}", get(runs::detail).delete(runs::delete))
         .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs::retry))
+        .route(
+            "/api/v1/runs/{id}/tasks/{task}/retry",
+            post(runs::retry_task),
+        )
         .route("/api/v1/runs/{id}/report", get(runs::report))
         .route("/api/v1/reports", get(runs::reports))
         .route("/api/v1/reports/{id}", get(runs::report))
@@ -105,6 +114,8 @@ pub fn router(state: AppState) -> Router {
         runs::cancel,
         runs::delete,
         runs::retry,
+        runs::retry_task,
+        overview::overview,
         runs::report,
         runs::reports,
         runs::webhook,
@@ -192,6 +203,46 @@ async fn metrics(axum::extract::State(state): axum::extract::State<AppState>) ->
             .into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+// The dashboard: the project's own HTML, CSS and JavaScript, compiled into the binary.
+// Every data call it makes goes through the API with the user's token.
+const UI_HEADERS: [(header::HeaderName, &str); 2] = [
+    (header::CACHE_CONTROL, "no-cache"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
+async fn ui_index() -> Response {
+    (
+        UI_HEADERS,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("../ui/index.html"),
+    )
+        .into_response()
+}
+
+async fn ui_js() -> Response {
+    (
+        UI_HEADERS,
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../ui/app.js"),
+    )
+        .into_response()
+}
+
+async fn ui_css() -> Response {
+    (
+        UI_HEADERS,
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        include_str!("../ui/app.css"),
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -229,12 +229,21 @@ pub struct TaskInfo {
     pub retries: u32,
     /// Time limit of one attempt, seconds.
     pub timeout_seconds: Option<f64>,
+    /// Its column when the DAG is drawn left to right (0: no upstream).
+    pub layer: usize,
 }
 
 fn task_infos(p: &Pipeline) -> Vec<TaskInfo> {
+    let all: indexmap::IndexSet<String> = p.tasks.keys().cloned().collect();
+    let layer: std::collections::HashMap<String, usize> = crate::dag::layers(p, &all)
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, ids)| ids.into_iter().map(move |id| (id, i)))
+        .collect();
     p.tasks
         .values()
         .map(|t| TaskInfo {
+            layer: layer.get(&t.id).copied().unwrap_or(0),
             pipeline: p.name.clone(),
             id: t.id.clone(),
             name: t.name.clone(),

@@ -299,6 +299,7 @@ fn page_query(q: RunsQuery) -> Result<RunQuery, ApiError> {
         state,
         trigger: q.trigger,
         before: q.cursor,
+        ended: false,
         limit,
     })
 }
@@ -435,6 +436,27 @@ pub async fn retry(
     get_run(&state, &id).await?;
     let tasks = state.runs.retry(&id).await?;
     tracing::info!(run = %id, caller = %caller.name, tasks = tasks.len(), "run retried through the API");
+    let body = Action {
+        run_id: id,
+        status: "retrying",
+        tasks,
+    };
+    Ok(json(&state, StatusCode::ACCEPTED, &body))
+}
+
+/// Runs one task of an ended run again, and every task downstream of it.
+#[utoipa::path(post, path = "/api/v1/runs/{id}/tasks/{task}/retry", tag = "runs", security(("bearer" = [])),
+    params(("id" = String, Path, description = "Run id"), ("task" = String, Path, description = "Task id")),
+    responses((status = 202, body = Action), (status = 404, body = super::ErrorBody),
+        (status = 409, description = "The run is still running, or has no such task", body = super::ErrorBody)))]
+pub async fn retry_task(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    ApiPath((id, task)): ApiPath<(String, String)>,
+) -> Result<Response, ApiError> {
+    get_run(&state, &id).await?;
+    let tasks = state.runs.retry_task(&id, &task).await?;
+    tracing::info!(run = %id, task = %task, caller = %caller.name, "task retried through the API");
     let body = Action {
         run_id: id,
         status: "retrying",

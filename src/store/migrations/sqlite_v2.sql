@@ -4,4 +4,5 @@ CREATE TABLE IF NOT EXISTS schedules (
     updated_at INTEGER NOT NULL
 );
 ALTER TABLE runs ADD COLUMN sla_missed_at INTEGER;
-CREATE INDEX IF NOT EXISTS runs_by_pipeline_state ON runs (pipeline, state, id)
+CREATE INDEX IF NOT EXISTS runs_by_pipeline_state ON runs (pipeline, state, id);
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at)
