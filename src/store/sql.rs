@@ -50,6 +50,14 @@ macro_rules! task_cols {
         "run_id, task_id, state, critical, attempts, budget_base, started_at, ended_at, output, error, metrics"
     };
 }
+macro_rules! run_counts_sums {
+    () => {
+        "SUM(CASE WHEN created_at >= $1 THEN 1 ELSE 0 END) AS ended_a, \
+         SUM(CASE WHEN created_at >= $1 AND state = 'success' THEN 1 ELSE 0 END) AS success_a, \
+         SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END) AS ended_b, \
+         SUM(CASE WHEN created_at >= $2 AND state = 'success' THEN 1 ELSE 0 END) AS success_b"
+    };
+}
 macro_rules! attempt_cols {
     () => {
         "id, run_id, task_id, number, state, available_at, owner, lease_until, started_at, ended_at, exit_code, error, log_path, peak_rss_kb, cpu_user_ms, cpu_sys_ms, output, metrics"
@@ -612,19 +620,26 @@ impl Store for SqlStore {
     }
 
     async fn run_counts(&self, a: Millis, b: Millis) -> StoreResult<Vec<RunCounts>> {
-        let rows = sqlx::query(
-            "SELECT pipeline, \
-             SUM(CASE WHEN created_at >= $1 THEN 1 ELSE 0 END) AS ended_a, \
-             SUM(CASE WHEN created_at >= $1 AND state = 'success' THEN 1 ELSE 0 END) AS success_a, \
-             SUM(CASE WHEN created_at >= $2 THEN 1 ELSE 0 END) AS ended_b, \
-             SUM(CASE WHEN created_at >= $2 AND state = 'success' THEN 1 ELSE 0 END) AS success_b \
-             FROM runs WHERE created_at >= $3 AND state <> 'running' GROUP BY pipeline",
-        )
-        .bind(a)
-        .bind(b)
-        .bind(a.min(b))
-        .fetch_all(&self.reader)
-        .await?;
+        // SQLite would walk the (pipeline, id) index to save the GROUP BY sort, reading
+        // every run; the covering (created_at, pipeline, state) index reads only the window.
+        let sql = match self.dialect {
+            Dialect::Sqlite => concat!(
+                "SELECT pipeline, ",
+                run_counts_sums!(),
+                " FROM runs INDEXED BY runs_by_created WHERE created_at >= $3 AND state <> 'running' GROUP BY pipeline"
+            ),
+            Dialect::Postgres => concat!(
+                "SELECT pipeline, ",
+                run_counts_sums!(),
+                " FROM runs WHERE created_at >= $3 AND state <> 'running' GROUP BY pipeline"
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(a)
+            .bind(b)
+            .bind(a.min(b))
+            .fetch_all(&self.reader)
+            .await?;
         rows.iter()
             .map(|r| {
                 let n = |c: &str| -> StoreResult<u64> {

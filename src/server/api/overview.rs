@@ -11,8 +11,10 @@ use crate::store::{RunQuery, RunSummary};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 /// Finished runs kept per pipeline for the median and the trend.
@@ -116,7 +118,9 @@ pub async fn overview(
         .into_iter()
         .map(|c| (c.pipeline.clone(), c))
         .collect();
-    let mut pipelines = Vec::new();
+    // Pipelines filtered by what the catalogue knows, then their runs fetched a few at a
+    // time in parallel (SQLite serves reads on several connections).
+    let mut chosen = Vec::new();
     for e in state.runs.catalog().entries() {
         if q.name
             .as_ref()
@@ -124,8 +128,9 @@ pub async fn overview(
         {
             continue;
         }
-        let p = e.pipeline.as_ref().ok();
-        let mut categories: Vec<String> = p
+        let mut categories: Vec<String> = e
+            .pipeline
+            .as_ref()
             .map(|p| {
                 p.tasks
                     .values()
@@ -138,31 +143,47 @@ pub async fn overview(
         if q.category.as_ref().is_some_and(|c| !categories.contains(c)) {
             continue;
         }
-        let by_pipeline = |limit, ended, state| RunQuery {
-            pipeline: Some(e.name.clone()),
-            state,
-            ended,
-            limit,
-            ..Default::default()
-        };
-        let last = store.run_summaries(&by_pipeline(1, false, None)).await?;
-        let last = last.first();
+        chosen.push((e, categories));
+    }
+    let fetched: Vec<Result<_, crate::store::StoreError>> = futures_util::stream::iter(chosen)
+        .map(|(e, categories)| {
+            let store = Arc::clone(store);
+            async move {
+                let by_pipeline = |limit, ended, state| RunQuery {
+                    pipeline: Some(e.name.clone()),
+                    state,
+                    ended,
+                    limit,
+                    ..Default::default()
+                };
+                let last = store.run_summaries(&by_pipeline(1, false, None)).await?;
+                let recent = store
+                    .run_summaries(&by_pipeline(RECENT, true, None))
+                    .await?;
+                let last_ok = match recent.iter().find(|r| r.state == RunState::Success) {
+                    Some(r) => r.ended_at,
+                    None => store
+                        .run_summaries(&by_pipeline(1, false, Some(RunState::Success)))
+                        .await?
+                        .first()
+                        .and_then(|r| r.ended_at),
+                };
+                Ok((e, categories, last.into_iter().next(), recent, last_ok))
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let mut pipelines = Vec::new();
+    for item in fetched {
+        let (e, categories, last, recent, last_ok) = item?;
+        let p = e.pipeline.as_ref().ok();
+        let last = last.as_ref();
         if let Some(want) = &q.state {
             if last.map(|r| r.state.as_str()) != Some(want.as_str()) {
                 continue;
             }
         }
-        let recent = store
-            .run_summaries(&by_pipeline(RECENT, true, None))
-            .await?;
-        let last_ok = match recent.iter().find(|r| r.state == RunState::Success) {
-            Some(r) => r.ended_at,
-            None => store
-                .run_summaries(&by_pipeline(1, false, Some(RunState::Success)))
-                .await?
-                .first()
-                .and_then(|r| r.ended_at),
-        };
         let mut durations: Vec<Duration> = recent
             .iter()
             .filter_map(|r| {

@@ -5,4 +5,4 @@ CREATE TABLE IF NOT EXISTS schedules (
 );
 ALTER TABLE runs ADD COLUMN sla_missed_at INTEGER;
 CREATE INDEX IF NOT EXISTS runs_by_pipeline_state ON runs (pipeline, state, id);
-CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at)
+CREATE INDEX IF NOT EXISTS runs_by_created ON runs (created_at, pipeline, state)
