@@ -7,6 +7,7 @@
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
 //! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
+//! - `ui`: the web dashboard in headless Chromium (specs in `tests/ui/`, run with Node).
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,3 +18,4 @@ mod fuzz;
 mod server;
 mod store;
 mod tasks;
+mod ui;
