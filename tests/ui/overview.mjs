@@ -101,4 +101,25 @@ await spec('overview', async (t) => {
     await clearFilters(page);
     await expectRows(page, Object.keys(expected), 'filters cleared');
   });
+
+  await t.step('the keyboard alone reaches a pipeline and opens it', async () => {
+    const name = Object.keys(expected)[0];
+    await page.evaluate(() => document.activeElement && document.activeElement.blur());
+    let reached = false;
+    for (let i = 0; i < 60 && !reached; i++) {
+      await page.keyboard.press('Tab');
+      reached = await page.evaluate(
+        (n) => {
+          const a = document.activeElement;
+          return !!a && a.tagName === 'A' && !!a.closest(`tr[data-pipeline="${n}"]`);
+        },
+        name,
+      );
+    }
+    expect(reached, `Tab never reached the link of ${name}`);
+    const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+    expect(outline !== 'none', 'the focused link shows a focus outline');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.body.dataset.page === 'pipeline', null, { timeout: 10000 });
+  });
 });
