@@ -96,13 +96,13 @@ pub async fn serve(
     let catalog = Arc::new(catalog::Catalog::new(Arc::clone(&services.project)));
     let metrics = Arc::new(metrics::ServerMetrics::default());
     let runs = runs::RunManager::new(engine, Arc::clone(&catalog), Arc::clone(&metrics));
-    match runs.resume_orphans().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(runs = n, "resumed runs whose executor had stopped"),
-        Err(e) => tracing::error!(error = %e, "looking for orphaned runs failed"),
-    }
     let stop_scheduling = CancellationToken::new();
-    let scheduler = scheduler::Scheduler::new(Arc::clone(&runs), Arc::clone(&metrics));
+    let leading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scheduler = scheduler::Scheduler::new(
+        Arc::clone(&runs),
+        Arc::clone(&metrics),
+        Arc::clone(&leading),
+    );
     let scheduler_task = tokio::spawn(scheduler.run(stop_scheduling.clone()));
 
     let state = Arc::new(api::Shared {
@@ -110,6 +110,7 @@ pub async fn serve(
         metrics,
         tokens,
         anonymous: settings.anonymous,
+        leading,
     });
     on_ready(local, &catalog);
 

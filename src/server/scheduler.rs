@@ -16,9 +16,13 @@ use crate::state::RunState;
 use crate::store::{now_ms, Millis, RunQuery, ScheduleFire};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// The store's name for the scheduler leadership.
+const LEASE_NAME: &str = "scheduler";
 
 /// How often SLAs are checked and dead executors looked for.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
@@ -28,6 +32,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 pub struct Scheduler {
     runs: Arc<RunManager>,
     metrics: Arc<ServerMetrics>,
+    /// Whether this server holds the scheduler lease now (shown by `/health`).
+    leading: Arc<AtomicBool>,
     /// Pipelines whose schedule could not be read, already logged.
     warned: std::sync::Mutex<HashSet<String>>,
 }
@@ -38,36 +44,96 @@ fn to_time(ms: Millis) -> DateTime<Utc> {
 
 impl Scheduler {
     /// A scheduler starting runs through `runs`.
-    pub fn new(runs: Arc<RunManager>, metrics: Arc<ServerMetrics>) -> Scheduler {
+    pub fn new(
+        runs: Arc<RunManager>,
+        metrics: Arc<ServerMetrics>,
+        leading: Arc<AtomicBool>,
+    ) -> Scheduler {
         Scheduler {
             runs,
             metrics,
+            leading,
             warned: Default::default(),
         }
     }
 
-    /// Runs until `stop` is cancelled.
+    /// Runs until `stop` is cancelled. Only the server holding the `scheduler` lease in the
+    /// store schedules, checks SLAs and resumes orphaned runs; the others wait to take over
+    /// when its lease runs out (a stopped server gives it up at once).
     pub async fn run(self, stop: CancellationToken) {
+        let services = Arc::clone(self.runs.engine().services());
+        let lease = services.project.settings.lease;
         let mut last_housekeeping = tokio::time::Instant::now() - HOUSEKEEPING_EVERY;
         loop {
-            if let Err(e) = self.pass(Utc::now()).await {
-                tracing::error!(error = %e, "scheduler pass failed; trying again in a second");
+            let leads = match self.try_lead(lease).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reach the store to hold the scheduler lease");
+                    false
+                }
+            };
+            if leads != self.leading.swap(leads, Ordering::SeqCst) {
+                if leads {
+                    tracing::info!(owner = %services.owner, "this server now schedules");
+                    last_housekeeping = tokio::time::Instant::now() - HOUSEKEEPING_EVERY;
+                } else {
+                    tracing::warn!("another server holds the scheduler lease; this one stands by");
+                }
             }
-            if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
-                last_housekeeping = tokio::time::Instant::now();
-                if let Err(e) = self.check_slas(Utc::now()).await {
-                    tracing::error!(error = %e, "SLA check failed");
-                }
-                if let Err(e) = self.runs.resume_orphans().await {
-                    tracing::error!(error = %e, "looking for orphaned runs failed");
-                }
+            if leads {
+                self.lead_once(&mut last_housekeeping).await;
             }
             // Wake just after the next whole second: cron fire times are whole minutes.
             let now = Utc::now();
             let to_next = 1000 - (now.timestamp_subsec_millis() as u64 % 1000) + 5;
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(to_next)) => {}
+            }
+        }
+        if self.leading.swap(false, Ordering::SeqCst) {
+            if let Err(e) = services.store.resign(LEASE_NAME, &services.owner).await {
+                tracing::warn!(error = %e, "could not give up the scheduler lease; another server takes over when it runs out");
+            }
+        }
+    }
+
+    /// Takes the scheduler lease, or renews it. A holder that is a dead process on this
+    /// machine (a server killed and restarted) is not waited for: its lease is dropped.
+    async fn try_lead(&self, lease: Duration) -> Result<bool, crate::store::StoreError> {
+        let services = self.runs.engine().services();
+        let store = &services.store;
+        if store
+            .try_lead(LEASE_NAME, &services.owner, lease, now_ms())
+            .await?
+        {
+            return Ok(true);
+        }
+        match store.leader(LEASE_NAME).await? {
+            Some(holder) if crate::engine::owner_is_dead(&holder) => {
+                tracing::info!(holder = %holder, "the server holding the scheduler lease is gone; taking over");
+                store.resign(LEASE_NAME, &holder).await?;
+                store
+                    .try_lead(LEASE_NAME, &services.owner, lease, now_ms())
+                    .await
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn lead_once(&self, last_housekeeping: &mut tokio::time::Instant) {
+        if let Err(e) = self.pass(Utc::now()).await {
+            tracing::error!(error = %e, "scheduler pass failed; trying again in a second");
+        }
+        if last_housekeeping.elapsed() >= HOUSEKEEPING_EVERY {
+            *last_housekeeping = tokio::time::Instant::now();
+            if let Err(e) = self.check_slas(Utc::now()).await {
+                tracing::error!(error = %e, "SLA check failed");
+            }
+            match self.runs.resume_orphans().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(runs = n, "resumed runs whose executor had stopped"),
+                Err(e) => tracing::error!(error = %e, "looking for orphaned runs failed"),
             }
         }
     }

@@ -369,6 +369,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// [`Store::fire_schedule`] for many pipelines in one transaction (one scheduler pass):
     /// each mark is compared and moved on its own; the answer says which moved.
     async fn fire_schedules(&self, fires: &[ScheduleFire], now: Millis) -> StoreResult<Vec<bool>>;
+    /// Takes or renews the named leadership (`scheduler`) for `holder` until `now + lease`,
+    /// if nobody else holds it or the other holder's lease has run out. True when `holder`
+    /// leads now. One row per name: the store decides, so no two processes lead at once
+    /// beyond a clock skew.
+    async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<bool>;
+    /// Who holds the named leadership, if anyone (expired or not).
+    async fn leader(&self, name: &str) -> StoreResult<Option<String>>;
+    /// Gives up a leadership `holder` has (at shutdown, so another takes over at once).
+    async fn resign(&self, name: &str, holder: &str) -> StoreResult<()>;
     /// Records that a run missed its SLA; false when that was already recorded.
     async fn mark_sla_missed(&self, run_id: &str, now: Millis) -> StoreResult<bool>;
     /// Counts for metrics.

@@ -702,6 +702,44 @@ impl Store for SqlStore {
         Ok(moved)
     }
 
+    async fn try_lead(
+        &self,
+        name: &str,
+        holder: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "INSERT INTO leaders (name, holder, lease_until) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until \
+             WHERE leaders.holder = excluded.holder OR leaders.lease_until < $4",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + ms(lease))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn leader(&self, name: &str) -> StoreResult<Option<String>> {
+        let row = sqlx::query("SELECT holder FROM leaders WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("holder")).transpose()?)
+    }
+
+    async fn resign(&self, name: &str, holder: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM leaders WHERE name = $1 AND holder = $2")
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn mark_sla_missed(&self, run_id: &str, now: Millis) -> StoreResult<bool> {
         let done = sqlx::query(
             "UPDATE runs SET sla_missed_at = $1 WHERE id = $2 AND sla_missed_at IS NULL",

@@ -1078,3 +1078,66 @@ fn the_overview_counts_runs_and_one_task_can_be_run_again() {
         .collect();
     assert_eq!(layers, [0, 1, 2]);
 }
+
+fn health(s: &Server) -> Value {
+    s.get("/health", None).1
+}
+
+#[test]
+fn two_servers_on_one_postgresql_store_schedule_one_at_a_time() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::store::postgres_url());
+    let p = project(&format!("store: \"{url}\"\n"));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    p.pipeline(
+        "minutely",
+        &format!("schedule: \"* * * * *\"\nstart_date: \"{today}\"\ntasks:\n  a: \"true\"\n"),
+    );
+    let a = Server::start(&p);
+    wait_until(Duration::from_secs(10), "A to schedule", || {
+        health(&a)["scheduling"] == true
+    });
+    let b = Server::start(&p);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        health(&b)["scheduling"],
+        false,
+        "B stands by while A holds the lease"
+    );
+    // A freezes (alive, not heartbeating): B takes over once A's 3 s lease runs out.
+    signal(a.child.id(), "STOP");
+    let frozen = Instant::now();
+    wait_until(Duration::from_secs(10), "B to take over", || {
+        health(&b)["scheduling"] == true
+    });
+    let took = frozen.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "not before the lease ran out: {took:?}"
+    );
+    signal(a.child.id(), "CONT");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(health(&a)["scheduling"], false, "A came back and stands by");
+    assert_eq!(health(&b)["scheduling"], true);
+    // B stops cleanly and gives the lease up: A takes over at once.
+    let stopped = Instant::now();
+    assert_eq!(b.terminate(Duration::from_secs(15)), 0);
+    wait_until(Duration::from_secs(5), "A to take over again", || {
+        health(&a)["scheduling"] == true
+    });
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+    // Whoever fired, every fire time ran once.
+    let runs = runs_of(&a, "minutely");
+    let mut dates: Vec<&str> = runs
+        .iter()
+        .map(|r| r["logical_date"].as_str().unwrap())
+        .collect();
+    let n = dates.len();
+    dates.sort();
+    dates.dedup();
+    assert!(
+        n >= 1 && dates.len() == n,
+        "a fire time ran twice: {runs:?}"
+    );
+}

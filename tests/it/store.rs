@@ -565,6 +565,38 @@ async fn pages_filters_sla_marks_and_stats(s: &dyn Store) {
     assert_eq!(pending, 9, "{:?}", stats.tasks);
 }
 
+async fn one_leader_at_a_time(s: &dyn Store) {
+    let lease = Duration::from_millis(1000);
+    assert!(s.try_lead("scheduler", "a", lease, 10_000).await.unwrap());
+    assert!(
+        !s.try_lead("scheduler", "b", lease, 10_500).await.unwrap(),
+        "a holds it"
+    );
+    assert!(
+        s.try_lead("scheduler", "a", lease, 10_900).await.unwrap(),
+        "a renews"
+    );
+    assert!(
+        !s.try_lead("scheduler", "b", lease, 11_800).await.unwrap(),
+        "renewed until 11,900"
+    );
+    assert!(
+        s.try_lead("scheduler", "b", lease, 12_000).await.unwrap(),
+        "a's lease ran out"
+    );
+    assert_eq!(s.leader("scheduler").await.unwrap().as_deref(), Some("b"));
+    assert!(!s.try_lead("scheduler", "a", lease, 12_100).await.unwrap());
+    s.resign("scheduler", "a").await.unwrap();
+    assert_eq!(
+        s.leader("scheduler").await.unwrap().as_deref(),
+        Some("b"),
+        "only the holder resigns"
+    );
+    s.resign("scheduler", "b").await.unwrap();
+    assert!(s.leader("scheduler").await.unwrap().is_none());
+    assert!(s.try_lead("scheduler", "a", lease, 12_200).await.unwrap());
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -589,7 +621,8 @@ conformance!(
     claim_many_takes_up_to_the_limit_in_queue_order,
     results_and_claims_share_a_transaction,
     schedule_marks_move_by_compare_and_set,
-    pages_filters_sla_marks_and_stats
+    pages_filters_sla_marks_and_stats,
+    one_leader_at_a_time
 );
 
 /// A store made by the first release (schema 1) is upgraded in place, its runs kept.

@@ -43,6 +43,8 @@ pub struct Shared {
     pub tokens: Vec<(String, String, Role)>,
     /// Role of requests without a token.
     pub anonymous: Option<Role>,
+    /// Whether this server holds the scheduler lease.
+    pub leading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The router's state.

@@ -27,6 +27,8 @@ pub struct Health {
     pub store: &'static str,
     /// False while the server shuts down.
     pub accepting_runs: bool,
+    /// Whether this server is the one that schedules (holds the scheduler lease).
+    pub scheduling: bool,
 }
 
 /// Whether the server is up (no token needed).
@@ -38,6 +40,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         version: env!("CARGO_PKG_VERSION"),
         store: state.services().store.backend(),
         accepting_runs: state.runs.accepting(),
+        scheduling: state.leading.load(std::sync::atomic::Ordering::SeqCst),
     };
     json(&state, StatusCode::OK, &body)
 }
