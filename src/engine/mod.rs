@@ -302,7 +302,10 @@ impl Engine {
                 "continue_on_failure": opts.continue_on_failure,
                 "depth": opts.depth,
             }),
-            logical_date: opts.logical_date.to_rfc3339(),
+            // Whole seconds: a manual run's "now" needs no nanoseconds.
+            logical_date: opts
+                .logical_date
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
             trigger: opts.trigger.clone(),
             parent: opts.parent.clone(),
             owner: self.services.owner.clone(),

@@ -35,7 +35,8 @@ pub struct LogQuery {
     pub offset: Option<i64>,
     /// Bytes to read, at most 4 MiB (default 256 KiB).
     pub limit: Option<u64>,
-    /// Stream the log as server-sent events (`log` events with `{offset, text}`, then one
+    /// Stream the log as server-sent events (`log` events with `{offset, next_offset, text}`
+    /// (byte offsets, to resume from), then one
     /// `end` event with the attempt's state) until the attempt ends. A task of a running
     /// run that has not started yet is waited for, up to a minute.
     #[serde(default)]
@@ -253,6 +254,7 @@ fn follow(
             if let Some((buf, _)) = chunk.filter(|(b, _)| !b.is_empty()) {
                 let data = serde_json::json!({
                     "offset": c.offset,
+                    "next_offset": c.offset + buf.len() as u64,
                     "text": String::from_utf8_lossy(&buf),
                 });
                 c.offset += buf.len() as u64;
