@@ -558,13 +558,7 @@ fn the_scheduler_fires_due_runs_once_even_across_restarts() {
     for w in spans.windows(2) {
         assert!(w[1].0 >= w[0].1, "two backfill runs overlapped: {spans:?}");
     }
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics.contains("cauce_scheduler_lag_seconds_count"),
         "{metrics}"
@@ -840,13 +834,7 @@ fn a_scheduled_run_over_its_sla_raises_sla_miss() {
     assert_eq!(v["pipeline"], "late");
     let runs = runs_of(&s, "late");
     assert!(runs[runs.len() - 1]["sla_missed_at"].is_i64(), "{runs:?}");
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = s.metrics();
     assert!(
         metrics.contains("cauce_sla_misses_total{pipeline=\"late\"} 1"),
         "{metrics}"

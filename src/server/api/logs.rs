@@ -185,7 +185,16 @@ pub async fn read(
         o => o as u64,
     };
     if q.follow {
-        return Ok(follow(state, run_id, task_id, attempt.number, path, offset).into_response());
+        let cursor = Cursor {
+            state,
+            run_id,
+            task_id,
+            number: attempt.number,
+            path,
+            offset,
+            done: false,
+        };
+        return Ok(follow(cursor).into_response());
     }
     let (buf, size) = read_range(&path, offset, limit)
         .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
@@ -205,32 +214,20 @@ pub async fn read(
     Ok(json(&state, StatusCode::OK, &body))
 }
 
-fn follow(
+/// Where a followed log is.
+struct Cursor {
     state: AppState,
     run_id: String,
     task_id: String,
     number: u32,
     path: PathBuf,
     offset: u64,
+    done: bool,
+}
+
+fn follow(
+    start: Cursor,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
-    struct Cursor {
-        state: AppState,
-        run_id: String,
-        task_id: String,
-        number: u32,
-        path: PathBuf,
-        offset: u64,
-        done: bool,
-    }
-    let start = Cursor {
-        state,
-        run_id,
-        task_id,
-        number,
-        path,
-        offset,
-        done: false,
-    };
     let stream = futures_util::stream::unfold(start, |mut c| async move {
         if c.done {
             return None;

@@ -162,6 +162,16 @@ impl Server {
         }
     }
 
+    /// `/metrics` as text.
+    pub fn metrics(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// The server's stderr so far.
     pub fn log(&self) -> String {
         self.stderr.lock().unwrap().clone()
