@@ -66,6 +66,27 @@ pub struct LogChunk {
     pub text: String,
 }
 
+/// The data of one followed-log event: a `log` event has `offset`, `next_offset` and
+/// `text`; the last, `end`, has `state` and `size`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LogEvent {
+    /// Where this text starts (bytes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Where the next text starts: pass it as `offset` to resume.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<u64>,
+    /// The text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `end` only: the attempt's final state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// `end` only: the log's size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
 async fn find_attempt(
     state: &AppState,
     run_id: &str,
@@ -160,7 +181,7 @@ fn read_range(path: &PathBuf, offset: u64, limit: u64) -> std::io::Result<(Vec<u
 #[utoipa::path(get, path = "/api/v1/runs/{id}/tasks/{task}/logs", tag = "runs", security(("bearer" = [])),
     params(("id" = String, Path, description = "Run id"), ("task" = String, Path, description = "Task id"), LogQuery),
     responses((status = 200, description = "A piece of the log; with follow=true, an event stream of `log` events ({offset, text}) and one `end` event",
-            content((LogChunk = "application/json"), (String = "text/event-stream"))),
+            content((LogChunk = "application/json"), (LogEvent = "text/event-stream"))),
         (status = 404, body = super::ErrorBody)))]
 pub async fn read(
     State(state): State<AppState>,
@@ -249,24 +270,33 @@ fn follow(
                 .map(|a| a.state);
             let chunk = read_range(&c.path, c.offset, MAX_LIMIT).ok();
             if let Some((buf, _)) = chunk.filter(|(b, _)| !b.is_empty()) {
-                let data = serde_json::json!({
-                    "offset": c.offset,
-                    "next_offset": c.offset + buf.len() as u64,
-                    "text": String::from_utf8_lossy(&buf),
-                });
+                let data = LogEvent {
+                    offset: Some(c.offset),
+                    next_offset: Some(c.offset + buf.len() as u64),
+                    text: Some(String::from_utf8_lossy(&buf).into_owned()),
+                    state: None,
+                    size: None,
+                };
                 c.offset += buf.len() as u64;
-                let event = Event::default().event("log").data(data.to_string());
+                let event = Event::default()
+                    .event("log")
+                    .data(serde_json::to_string(&data).unwrap_or_default());
                 return Some((Ok(event), c));
             }
             match attempt_state {
                 Some(s) if !s.is_final() => tokio::time::sleep(FOLLOW_POLL).await,
                 other => {
                     c.done = true;
-                    let data = serde_json::json!({
-                        "state": other.map(|s| s.as_str()).unwrap_or("unknown"),
-                        "size": c.offset,
-                    });
-                    let event = Event::default().event("end").data(data.to_string());
+                    let data = LogEvent {
+                        state: Some(other.map(|s| s.as_str()).unwrap_or("unknown").into()),
+                        size: Some(c.offset),
+                        offset: None,
+                        next_offset: None,
+                        text: None,
+                    };
+                    let event = Event::default()
+                        .event("end")
+                        .data(serde_json::to_string(&data).unwrap_or_default());
                     return Some((Ok(event), c));
                 }
             }
