@@ -155,7 +155,9 @@ impl Coordinator {
             let now = tokio::time::Instant::now();
             if now >= next_heartbeat {
                 next_heartbeat = now + lease / 3;
-                svc.store.heartbeat(&svc.owner, lease, now_ms()).await?;
+                svc.store
+                    .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
+                    .await?;
             }
             if now >= next_cancel_poll && !self.cancelled {
                 // `cauce cancel` from another process sets a flag in the store.

@@ -447,9 +447,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             .into_iter()
             .next())
     }
-    /// Extends the leases of `owner`'s running attempts (and the heartbeat of its runs).
+    /// Extends the leases of `owner`'s running attempts and the heartbeat of its runs: of
+    /// one run (each coordinator vouches only for its own, so a run whose coordinator
+    /// stopped goes stale even while the process lives on), or all of them (`None`).
     /// Returns how many leases it extended.
-    async fn heartbeat(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<u64>;
+    async fn heartbeat(
+        &self,
+        run_id: Option<&str>,
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<u64>;
     /// Records an attempt's result and the task's next step, only if `owner` still holds
     /// the attempt's lease. Returns false (and changes nothing) otherwise.
     async fn complete(

@@ -983,19 +983,29 @@ impl Store for SqlStore {
         Ok(claimed)
     }
 
-    async fn heartbeat(&self, owner: &str, lease: Duration, now: Millis) -> StoreResult<u64> {
+    async fn heartbeat(
+        &self,
+        run_id: Option<&str>,
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<u64> {
         let done = sqlx::query(
-            "UPDATE attempts SET lease_until = $1 WHERE owner = $2 AND state = 'running'",
+            "UPDATE attempts SET lease_until = $1 WHERE owner = $2 AND state = 'running' AND ($3 IS NULL OR run_id = $3)",
         )
         .bind(now + ms(lease))
         .bind(owner)
+        .bind(run_id.map(String::from))
         .execute(&self.pool)
         .await?;
-        sqlx::query("UPDATE runs SET heartbeat_at = $1 WHERE owner = $2 AND state = 'running'")
-            .bind(now)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE runs SET heartbeat_at = $1 WHERE owner = $2 AND state = 'running' AND ($3 IS NULL OR id = $3)",
+        )
+        .bind(now)
+        .bind(owner)
+        .bind(run_id.map(String::from))
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected())
     }
 

@@ -236,10 +236,22 @@ async fn leases_expire_and_late_results_are_rejected(s: &dyn Store) {
         .unwrap();
     // "alive" heartbeats, "dead" does not.
     assert_eq!(
-        s.heartbeat("alive", Duration::from_millis(1000), 90)
+        s.heartbeat(None, "alive", Duration::from_millis(1000), 90)
             .await
             .unwrap(),
         1
+    );
+    assert_eq!(
+        s.heartbeat(
+            Some("another-run"),
+            "alive",
+            Duration::from_millis(1000),
+            95
+        )
+        .await
+        .unwrap(),
+        0,
+        "a heartbeat for one run renews nothing of another"
     );
     let lost = s.expire_leases(None, &[], 200).await.unwrap();
     assert_eq!(lost.iter().map(|l| l.id).collect::<Vec<_>>(), vec![a.id]);
