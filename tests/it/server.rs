@@ -738,7 +738,7 @@ fn failures_and_retries_alert_email_webhook_and_command_channels() {
     p.write(
         "cauce.yaml",
         &format!(
-            "name: test\nkill_grace: 1s\nalerts:\n  rate_limit: 1h\n  channels:\n    mail:\n      email: {{smtp: \"smtp://127.0.0.1:{smtp}\", from: \"cauce@example.com\", to: [\"ops@example.com\"]}}\n    chat:\n      webhook: {{url: \"http://127.0.0.1:{web}/hook\"}}\n    broken:\n      webhook: {{url: \"http://127.0.0.1:{dead}/nobody\"}}\n    script:\n      command: \"cat >> alerts.jsonl; echo >> alerts.jsonl\"\n"
+            "name: test\nkill_grace: 1s\nalerts:\n  rate_limit: 1h\n  channels:\n    mail:\n      email: {{smtp: \"smtp://127.0.0.1:{smtp}\", from: \"cauce@example.com\", to: [\"ops@example.com\"]}}\n    chat:\n      webhook: {{url: \"http://127.0.0.1:{web}/hook\"}}\n    broken:\n      webhook: {{url: \"http://127.0.0.1:{dead}/nobody\"}}\n    script:\n      command: \"mkdir -p alerts && cat > alerts/$$.json\"\n"
         ),
     );
     p.write(".env", "DB_PASSWORD=hunter2-db-password\n");
@@ -769,12 +769,14 @@ fn failures_and_retries_alert_email_webhook_and_command_channels() {
     assert_eq!(body["cauce"]["event"], "failure");
     assert!(!posts[0].contains("hunter2-db-password"));
     // Command: one JSON line per alert: the retry, then the failure; no success.
-    let lines: Vec<Value> = p
-        .read("alerts.jsonl")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
+    // (Deliveries run concurrently, so each command writes a file of its own.)
+    let mut lines: Vec<Value> = std::fs::read_dir(p.path().join("alerts"))
+        .unwrap()
+        .map(|e| {
+            serde_json::from_str(&std::fs::read_to_string(e.unwrap().path()).unwrap()).unwrap()
+        })
         .collect();
+    lines.sort_by_key(|v: &Value| v["at"].as_str().unwrap_or("").to_string());
     let events: Vec<&str> = lines.iter().map(|v| v["event"].as_str().unwrap()).collect();
     assert_eq!(events, ["retry", "failure"]);
     assert_eq!(lines[0]["attempt"], 1);
