@@ -13,11 +13,17 @@ pub const MASK: &str = "***";
 /// would destroy logs and protect nothing.
 pub const MIN_SECRET_LEN: usize = 4;
 
+/// A redactor and the secrets version it was built for.
+type Versioned = (u64, Arc<Redactor>);
+
 /// The set of secret values known to this process; cheap to clone, shared.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
     values: Arc<RwLock<BTreeSet<String>>>,
     version: Arc<std::sync::atomic::AtomicU64>,
+    /// The redactor of the values known at `.0`, built once per version and shared by
+    /// every log file and API answer.
+    cached: Arc<std::sync::Mutex<Option<Versioned>>>,
 }
 
 impl Secrets {
@@ -38,14 +44,28 @@ impl Secrets {
         self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// A redactor for the values known now.
-    pub fn redactor(&self) -> Redactor {
-        let values: Vec<String> = self
-            .values
-            .read()
-            .map(|v| v.iter().cloned().collect())
-            .unwrap_or_default();
-        Redactor::new(values)
+    /// A redactor for the values known now (rebuilt only when a new secret was added).
+    pub fn redactor(&self) -> Arc<Redactor> {
+        let version = self.version();
+        let build = || {
+            let values: Vec<String> = self
+                .values
+                .read()
+                .map(|v| v.iter().cloned().collect())
+                .unwrap_or_default();
+            Arc::new(Redactor::new(values))
+        };
+        match self.cached.lock() {
+            Ok(mut cached) => match &*cached {
+                Some((v, r)) if *v == version => Arc::clone(r),
+                _ => {
+                    let r = build();
+                    *cached = Some((version, Arc::clone(&r)));
+                    r
+                }
+            },
+            Err(_) => build(),
+        }
     }
 
     /// Masks every known secret in `text`.

@@ -28,8 +28,6 @@ pub struct LogFile {
     path: PathBuf,
     file: Mutex<std::fs::File>,
     secrets: Secrets,
-    /// The redactor for the secrets known at `.0` (rebuilt when a task reads a new one).
-    redactor: Mutex<(u64, Arc<Redactor>)>,
 }
 
 impl LogFile {
@@ -42,12 +40,10 @@ impl LogFile {
             .create(true)
             .append(true)
             .open(path)?;
-        let redactor = Mutex::new((secrets.version(), Arc::new(secrets.redactor())));
         Ok(Arc::new(LogFile {
             path: path.to_path_buf(),
             file: Mutex::new(file),
             secrets,
-            redactor,
         }))
     }
 
@@ -73,16 +69,7 @@ impl LogFile {
     /// The redactor for every secret known now (including `${VAR}` values a task read
     /// after its log was opened).
     pub fn redactor(&self) -> Arc<Redactor> {
-        let version = self.secrets.version();
-        match self.redactor.lock() {
-            Ok(mut cached) => {
-                if cached.0 != version {
-                    *cached = (version, Arc::new(self.secrets.redactor()));
-                }
-                Arc::clone(&cached.1)
-            }
-            Err(_) => Arc::new(self.secrets.redactor()),
-        }
+        self.secrets.redactor()
     }
 }
 
