@@ -85,6 +85,29 @@ pub struct Alert {
 }
 
 impl Alert {
+    /// A run-level alert happening now; set `task`, `attempt` and `error` on it as needed.
+    pub fn new(
+        event: AlertEvent,
+        pipeline: &str,
+        run_id: &str,
+        logical_date: String,
+        state: &str,
+    ) -> Alert {
+        Alert {
+            event,
+            pipeline: pipeline.to_string(),
+            run_id: run_id.to_string(),
+            task: None,
+            attempt: None,
+            state: state.to_string(),
+            error: None,
+            logical_date,
+            link: None,
+            suppressed: 0,
+            at: chrono::Utc::now().to_rfc3339(),
+        }
+    }
+
     /// A one-line summary (an e-mail subject, a chat message's first line).
     pub fn title(&self) -> String {
         let what = match &self.task {

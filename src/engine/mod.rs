@@ -598,19 +598,13 @@ impl Engine {
         if state == RunState::Success {
             self.services.alerts.send(
                 &run.pipeline.alerts.channels("success"),
-                Alert {
-                    event: AlertEvent::Success,
-                    pipeline: run.pipeline.name.clone(),
-                    run_id: run.id.clone(),
-                    task: None,
-                    attempt: None,
-                    state: state.as_str().into(),
-                    error: None,
-                    logical_date: run.logical_date.to_rfc3339(),
-                    link: None,
-                    suppressed: 0,
-                    at: Utc::now().to_rfc3339(),
-                },
+                Alert::new(
+                    AlertEvent::Success,
+                    &run.pipeline.name,
+                    &run.id,
+                    run.logical_date.to_rfc3339(),
+                    state.as_str(),
+                ),
             );
         }
         Ok(state)
@@ -651,17 +645,16 @@ fn task_alert(alerts: &Alerter, run: &RunInfo, e: &Event) {
     alerts.send(
         &routes.channels(event.as_str()),
         Alert {
-            event,
-            pipeline: run.pipeline.name.clone(),
-            run_id: run.id.clone(),
             task: Some(task.clone()),
             attempt,
-            state: state.into(),
             error,
-            logical_date: run.logical_date.to_rfc3339(),
-            link: None,
-            suppressed: 0,
-            at: Utc::now().to_rfc3339(),
+            ..Alert::new(
+                event,
+                &run.pipeline.name,
+                &run.id,
+                run.logical_date.to_rfc3339(),
+                state,
+            )
         },
     );
 }

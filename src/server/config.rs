@@ -21,6 +21,17 @@ pub enum Role {
     Admin,
 }
 
+impl Role {
+    /// The name written in `cauce.yaml` and shown to callers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 /// One API token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -168,22 +168,37 @@ impl RunManager {
         self.admission.lock().await
     }
 
-    /// Refuses when `max_active_runs` runs of the pipeline are active.
-    pub async fn check_capacity(&self, pipeline: &Pipeline) -> Result<(), TriggerError> {
+    /// How many more runs of the pipeline may start now under its `max_active_runs`
+    /// (`None`: it has no limit).
+    pub async fn room(
+        &self,
+        pipeline: &Pipeline,
+    ) -> Result<Option<usize>, crate::store::StoreError> {
         let Some(max) = pipeline.max_active_runs else {
-            return Ok(());
+            return Ok(None);
         };
         let active = self
             .engine
             .services()
             .store
-            .list_runs(Some(&pipeline.name), Some(RunState::Running), max.max(1))
+            .run_summaries(&crate::store::RunQuery {
+                pipeline: Some(pipeline.name.clone()),
+                state: Some(RunState::Running),
+                limit: max.max(1),
+                ..Default::default()
+            })
             .await?
             .len();
-        if active as u32 >= max {
+        Ok(Some((max as usize).saturating_sub(active)))
+    }
+
+    /// Refuses when `max_active_runs` runs of the pipeline are active.
+    pub async fn check_capacity(&self, pipeline: &Pipeline) -> Result<(), TriggerError> {
+        if self.room(pipeline).await? == Some(0) {
             return Err(TriggerError::Busy(format!(
-                "pipeline `{}` already has {active} active run(s) (max_active_runs: {max})",
-                pipeline.name
+                "pipeline `{}` already has as many active runs as its max_active_runs ({})",
+                pipeline.name,
+                pipeline.max_active_runs.unwrap_or(0)
             )));
         }
         Ok(())

@@ -169,13 +169,8 @@ impl Scheduler {
             let due = schedule.due(prev.map(to_time), now);
             let mut fire = due.fire;
             let mut mark = due.mark;
-            if let Some(max) = pipeline.max_active_runs {
-                if !fire.is_empty() {
-                    let active = store
-                        .list_runs(Some(&pipeline.name), Some(RunState::Running), max.max(1))
-                        .await?
-                        .len();
-                    let room = (max as usize).saturating_sub(active);
+            if !fire.is_empty() {
+                if let Some(room) = self.runs.room(&pipeline).await? {
                     if room == 0 {
                         continue; // stays due until a run ends
                     }
@@ -274,21 +269,18 @@ impl Scheduler {
                 services.alerts.send(
                     &pipeline.alerts.channels("sla_miss"),
                     Alert {
-                        event: AlertEvent::SlaMiss,
-                        pipeline: pipeline.name.clone(),
-                        run_id: run.id.clone(),
-                        task: None,
-                        attempt: None,
-                        state: run.state.as_str().into(),
                         error: Some(format!(
                             "not successful by {} (sla {})",
                             deadline.to_rfc3339(),
                             humantime::format_duration(sla.to_std().unwrap_or_default())
                         )),
-                        logical_date: run.logical_date.clone(),
-                        link: None,
-                        suppressed: 0,
-                        at: now.to_rfc3339(),
+                        ..Alert::new(
+                            AlertEvent::SlaMiss,
+                            &pipeline.name,
+                            &run.id,
+                            run.logical_date.clone(),
+                            run.state.as_str(),
+                        )
                     },
                 );
             }

@@ -246,6 +246,29 @@ struct Cursor {
     done: bool,
 }
 
+impl Cursor {
+    /// The text written since the last event, as a `log` event.
+    fn next_chunk(&mut self) -> Option<Event> {
+        let (buf, _) = read_range(&self.path, self.offset, MAX_LIMIT).ok()?;
+        if buf.is_empty() {
+            return None;
+        }
+        let data = LogEvent {
+            offset: Some(self.offset),
+            next_offset: Some(self.offset + buf.len() as u64),
+            text: Some(String::from_utf8_lossy(&buf).into_owned()),
+            state: None,
+            size: None,
+        };
+        self.offset += buf.len() as u64;
+        Some(
+            Event::default()
+                .event("log")
+                .data(serde_json::to_string(&data).unwrap_or_default()),
+        )
+    }
+}
+
 fn follow(
     start: Cursor,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>> {
@@ -254,8 +277,12 @@ fn follow(
             return None;
         }
         loop {
-            // The attempt's state is read before the file, so that text written before it
-            // ended is always sent before `end`.
+            if let Some(event) = c.next_chunk() {
+                return Some((Ok(event), c));
+            }
+            // Nothing new: the store is asked only now whether the attempt has ended. The
+            // file is read once more after that answer, so that text written just before the
+            // end is always sent before `end`.
             let attempt_state = c
                 .state
                 .services()
@@ -268,24 +295,12 @@ fn follow(
                         .find(|a| a.task_id == c.task_id && a.number == c.number)
                 })
                 .map(|a| a.state);
-            let chunk = read_range(&c.path, c.offset, MAX_LIMIT).ok();
-            if let Some((buf, _)) = chunk.filter(|(b, _)| !b.is_empty()) {
-                let data = LogEvent {
-                    offset: Some(c.offset),
-                    next_offset: Some(c.offset + buf.len() as u64),
-                    text: Some(String::from_utf8_lossy(&buf).into_owned()),
-                    state: None,
-                    size: None,
-                };
-                c.offset += buf.len() as u64;
-                let event = Event::default()
-                    .event("log")
-                    .data(serde_json::to_string(&data).unwrap_or_default());
-                return Some((Ok(event), c));
-            }
             match attempt_state {
                 Some(s) if !s.is_final() => tokio::time::sleep(FOLLOW_POLL).await,
                 other => {
+                    if let Some(event) = c.next_chunk() {
+                        return Some((Ok(event), c));
+                    }
                     c.done = true;
                     let data = LogEvent {
                         state: Some(other.map(|s| s.as_str()).unwrap_or("unknown").into()),

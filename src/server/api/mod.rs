@@ -514,21 +514,13 @@ fn require(state: &Shared, parts: &Parts, role: Role) -> Result<Caller, ApiError
             "forbidden",
             format!(
                 "this needs the `{}` role; token `{}` is `{}`",
-                role_name(role),
+                role.as_str(),
                 caller.name,
-                role_name(caller.role)
+                caller.role.as_str()
             ),
         ));
     }
     Ok(caller)
-}
-
-fn role_name(r: Role) -> &'static str {
-    match r {
-        Role::Viewer => "viewer",
-        Role::Operator => "operator",
-        Role::Admin => "admin",
-    }
 }
 
 /// A caller allowed to read.

@@ -156,7 +156,7 @@ pub async fn overview(
                     limit,
                     ..Default::default()
                 };
-                let last = store.run_summaries(&by_pipeline(1, false, None)).await?;
+                let last = super::pipelines::last_run(store.as_ref(), &e.name).await?;
                 let recent = store
                     .run_summaries(&by_pipeline(RECENT, true, None))
                     .await?;
@@ -168,7 +168,7 @@ pub async fn overview(
                         .first()
                         .and_then(|r| r.ended_at),
                 };
-                Ok((e, categories, last.into_iter().next(), recent, last_ok))
+                Ok((e, categories, last, recent, last_ok))
             }
         })
         .buffered(8)
@@ -212,13 +212,7 @@ pub async fn overview(
             (Some(_), None) => true,
             _ => false,
         };
-        let next_run = p.and_then(|p| match crate::schedule::Schedule::of(p) {
-            Ok(Some(s)) => s
-                .upcoming(chrono::Utc::now(), 1)
-                .first()
-                .map(|d| d.to_rfc3339()),
-            _ => None,
-        });
+        let next_run = p.and_then(|p| super::pipelines::upcoming(p, 1).into_iter().next());
         pipelines.push(PipelineKpis {
             name: e.name.clone(),
             description: p.and_then(|p| p.description.clone()),
@@ -228,14 +222,7 @@ pub async fn overview(
             timezone: p.and_then(|p| p.timezone.clone()),
             next_run,
             categories,
-            last_run: last.map(|r| RunBrief {
-                id: r.id.clone(),
-                state: r.state,
-                trigger: r.trigger.clone(),
-                logical_date: r.logical_date.clone(),
-                created_at: r.created_at,
-                ended_at: r.ended_at,
-            }),
+            last_run: last.map(RunBrief::from),
             success_rate_7d: rate(c.success_a, c.ended_a),
             success_rate_30d: rate(c.success_b, c.ended_b),
             runs_7d: c.ended_a,

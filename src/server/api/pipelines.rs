@@ -5,7 +5,7 @@ use super::{json, ApiError, ApiPath, ApiQuery, AppState, Caller, Viewer};
 use crate::schedule::Schedule;
 use crate::server::catalog::Entry;
 use crate::spec::{Param, Pipeline};
-use crate::store::RunRecord;
+use crate::store::{RunQuery, RunSummary};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -69,8 +69,8 @@ pub struct RunBrief {
     pub ended_at: Option<i64>,
 }
 
-impl From<&RunRecord> for RunBrief {
-    fn from(r: &RunRecord) -> Self {
+impl From<&RunSummary> for RunBrief {
+    fn from(r: &RunSummary) -> Self {
         RunBrief {
             id: r.id.clone(),
             state: r.state,
@@ -119,7 +119,7 @@ pub struct PipelineSummary {
     pub last_run: Option<RunBrief>,
 }
 
-fn summary(state: &AppState, e: &Entry, last: Option<&RunRecord>) -> PipelineSummary {
+fn summary(state: &AppState, e: &Entry, last: Option<&RunSummary>) -> PipelineSummary {
     let file = e
         .file
         .strip_prefix(&state.services().project.root)
@@ -160,7 +160,24 @@ fn summary(state: &AppState, e: &Entry, last: Option<&RunRecord>) -> PipelineSum
     s
 }
 
-fn upcoming(p: &Pipeline, n: usize) -> Vec<String> {
+/// The newest run of a pipeline.
+pub(super) async fn last_run(
+    store: &dyn crate::store::Store,
+    pipeline: &str,
+) -> Result<Option<RunSummary>, crate::store::StoreError> {
+    Ok(store
+        .run_summaries(&RunQuery {
+            pipeline: Some(pipeline.to_string()),
+            limit: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .next())
+}
+
+/// The next `n` fire times of a pipeline (RFC 3339, in its time zone); none if unscheduled.
+pub(super) fn upcoming(p: &Pipeline, n: usize) -> Vec<String> {
     match Schedule::of(p) {
         Ok(Some(s)) => s
             .upcoming(Utc::now(), n)
@@ -199,8 +216,8 @@ pub async fn list(
         {
             continue;
         }
-        let last = store.list_runs(Some(&e.name), None, 1).await?;
-        out.push(summary(&state, &e, last.first()));
+        let last = last_run(store.as_ref(), &e.name).await?;
+        out.push(summary(&state, &e, last.as_ref()));
     }
     Ok(json(&state, StatusCode::OK, &out))
 }
@@ -323,18 +340,14 @@ pub async fn detail(
     else {
         return Err(ApiError::not_found(format!("no pipeline `{name}`")));
     };
-    let last = state
-        .services()
-        .store
-        .list_runs(Some(&name), None, 1)
-        .await?;
+    let last = last_run(state.services().store.as_ref(), &name).await?;
     let source = std::fs::read_to_string(&e.file).unwrap_or_default();
     let (task_list, workflow_list) = match &e.pipeline {
         Ok(p) => (task_infos(p), workflow_infos(p)),
         Err(_) => (vec![], vec![]),
     };
     let body = PipelineDetail {
-        summary: summary(&state, &e, last.first()),
+        summary: summary(&state, &e, last.as_ref()),
         task_list,
         workflow_list,
         source,

@@ -389,7 +389,6 @@ pub async fn cancel(
     Operator(caller): Operator,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    get_run(&state, &id).await?;
     let status = match state.runs.engine().cancel(&id).await? {
         CancelOutcome::AlreadyEnded(s) => {
             return Err(ApiError::new(
@@ -433,7 +432,6 @@ pub async fn retry(
     Operator(caller): Operator,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    get_run(&state, &id).await?;
     let tasks = state.runs.retry(&id).await?;
     tracing::info!(run = %id, caller = %caller.name, tasks = tasks.len(), "run retried through the API");
     let body = Action {
@@ -454,7 +452,6 @@ pub async fn retry_task(
     Operator(caller): Operator,
     ApiPath((id, task)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    get_run(&state, &id).await?;
     let tasks = state.runs.retry_task(&id, &task).await?;
     tracing::info!(run = %id, task = %task, caller = %caller.name, "task retried through the API");
     let body = Action {
@@ -475,7 +472,6 @@ pub async fn report(
     _: Viewer,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    get_run(&state, &id).await?;
     let report = crate::engine::report::build(state.services().store.as_ref(), &id).await?;
     Ok(json(&state, StatusCode::OK, &report))
 }
