@@ -9,6 +9,9 @@
 //!   config, durations, and the semantic checks of `cauce validate`.
 //! - [`dag`]: cycles, layers and task selection.
 //! - [`tasks`]: the task-kind plug-in trait and registry, one file per kind.
+//! - [`data`]: the data plane's shared parts: the query-engine session (memory limit,
+//!   spilling), datasets between tasks, column types.
+//! - [`sources`], [`sinks`]: where `extract` reads and `load` writes, one file each.
 //! - [`engine`]: executes a run through the store's queue: triggers, slots, retries,
 //!   timeouts, cancellation, crash recovery, reports.
 //! - [`store`]: the one `Store` trait and its SQL implementation (SQLite, PostgreSQL).
@@ -22,12 +25,15 @@
 pub mod alerts;
 pub mod cli;
 pub mod dag;
+pub mod data;
 pub mod engine;
 pub mod process;
 pub mod project;
 pub mod schedule;
 pub mod secrets;
 pub mod server;
+pub mod sinks;
+pub mod sources;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -44,6 +44,8 @@ pub struct Settings {
     pub server: crate::server::config::ServerSettings,
     /// Alert channels.
     pub alerts: crate::alerts::AlertSettings,
+    /// The data plane: memory limit, batch size, dataset retention.
+    pub data: crate::data::DataSettings,
 }
 
 impl Default for Settings {
@@ -63,7 +65,61 @@ impl Default for Settings {
             defaults: TaskDefaults::default(),
             server: Default::default(),
             alerts: Default::default(),
+            data: Default::default(),
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataSettings {
+    max_memory: Option<String>,
+    batch_size: Option<usize>,
+    threads: Option<usize>,
+    retention: Option<String>,
+}
+
+fn parse_data_settings(
+    node: &marked_yaml::Node,
+    file: &Path,
+) -> Result<crate::data::DataSettings, Vec<SpecError>> {
+    let raw: RawDataSettings = decode(node, file, "data").map_err(|e| vec![e])?;
+    let mut s = crate::data::DataSettings::default();
+    let mut errors = Vec::new();
+    let err = |field: &str, msg: String| {
+        SpecError::new(
+            Location::at(file, node.span().start()),
+            Some(format!("data.{field}")),
+            msg,
+        )
+    };
+    if let Some(m) = raw.max_memory {
+        match crate::spec::size::parse_size(&m) {
+            Ok(n) if n >= 16 << 20 => s.max_memory = n,
+            Ok(_) => errors.push(err("max_memory", "must be at least 16MiB".into())),
+            Err(e) => errors.push(err("max_memory", e)),
+        }
+    }
+    match raw.batch_size {
+        Some(0) => errors.push(err("batch_size", "must be at least 1".into())),
+        Some(b) => s.batch_size = b,
+        None => {}
+    }
+    match raw.threads {
+        Some(0) => errors.push(err("threads", "must be at least 1".into())),
+        Some(t) => s.threads = t,
+        None => {}
+    }
+    if let Some(r) = raw.retention {
+        match parse_duration(&r) {
+            Ok(d) => s.retention = Some(d),
+            Err(e) => errors.push(err("retention", e)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(s)
+    } else {
+        Err(errors)
     }
 }
 
@@ -399,10 +455,11 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     let defaults_node = rest.remove("defaults");
     let server_node = rest.remove("server");
     let alerts_node = rest.remove("alerts");
+    let data_node = rest.remove("data");
     let raw: RawSettings =
         decode(&marked_yaml::Node::Mapping(rest), file, "").map_err(|mut e| {
             if e.message.starts_with("unknown key") {
-                e.message.push_str(", defaults, server, alerts");
+                e.message.push_str(", defaults, server, alerts, data");
             }
             e
         })?;
@@ -417,6 +474,12 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     if let Some(n) = &alerts_node {
         match crate::alerts::parse_settings(n, file) {
             Ok(v) => s.alerts = v,
+            Err(e) => errors.extend(e),
+        }
+    }
+    if let Some(n) = &data_node {
+        match parse_data_settings(n, file) {
+            Ok(v) => s.data = v,
             Err(e) => errors.extend(e),
         }
     }

@@ -4,6 +4,8 @@
 //!
 //! Fields that become shell commands are rendered with [`Escape::Shell`]: every interpolated
 //! value is shell-quoted, so a parameter given by a caller can never inject a command.
+//! SQL text (a database source's query, a `sql` transform) is rendered with [`Escape::Sql`]:
+//! every value becomes a quoted SQL literal, never SQL text.
 
 use crate::secrets::Secrets;
 use indexmap::IndexMap;
@@ -17,6 +19,9 @@ pub enum Escape {
     Plain,
     /// Each value is quoted for `sh`.
     Shell,
+    /// Each value becomes a SQL literal: a string in single quotes (quotes doubled), a
+    /// number or boolean as itself, nothing as `NULL`.
+    Sql,
 }
 
 /// The variables a template sees.
@@ -30,8 +35,17 @@ pub struct RenderVars {
     pub ds: String,
     /// The logical date as `YYYYMMDD`.
     pub ds_nodash: String,
+    /// The logical date's year (`2024`), month (`01`) and day (`05`), for paths.
+    pub yyyy: String,
+    /// Month, two digits.
+    pub mm: String,
+    /// Day of the month, two digits.
+    pub dd: String,
     /// The task being rendered.
     pub task: TaskVars,
+    /// An incremental extract's cursor value from the last successful run (or its
+    /// `initial`); null otherwise.
+    pub watermark: serde_json::Value,
 }
 
 /// `run.*` in templates.
@@ -69,6 +83,8 @@ impl Templates {
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".sh") {
                 AutoEscape::Custom("shell".into())
+            } else if name.ends_with(".sql") {
+                AutoEscape::Custom("sql".into())
             } else {
                 AutoEscape::None
             }
@@ -93,6 +109,14 @@ impl Templates {
                     )
                 })?;
                 out.write_str(&quoted).map_err(minijinja::Error::from)
+            } else if matches!(state.auto_escape(), AutoEscape::Custom(name) if name == "sql") {
+                use minijinja::value::ValueKind;
+                let text = match value.kind() {
+                    ValueKind::None | ValueKind::Undefined => "NULL".to_string(),
+                    ValueKind::Number => value.to_string(),
+                    _ => format!("'{}'", value.to_string().replace('\'', "''")),
+                };
+                out.write_str(&text).map_err(minijinja::Error::from)
             } else {
                 minijinja::escape_formatter(out, state, value)
             }
@@ -133,6 +157,7 @@ impl Templates {
         let source = translate_env_refs(text);
         let name = match escape {
             Escape::Shell => "field.sh",
+            Escape::Sql => "field.sql",
             Escape::Plain => "field.txt",
         };
         self.env
@@ -214,10 +239,14 @@ mod tests {
             },
             ds: "2024-01-02".into(),
             ds_nodash: "20240102".into(),
+            yyyy: "2024".into(),
+            mm: "01".into(),
+            dd: "02".into(),
             task: TaskVars {
                 id: "t".into(),
                 attempt: 1,
             },
+            watermark: serde_json::Value::Null,
         }
     }
 
@@ -270,6 +299,26 @@ mod tests {
             t.render("echo $${HOME} $HOME", Escape::Shell, &vars())
                 .unwrap(),
             "echo ${HOME} $HOME"
+        );
+    }
+
+    #[test]
+    fn sql_fields_quote_every_value() {
+        let t = Templates::new(Secrets::default(), Default::default());
+        let mut v = vars();
+        v.params.insert(
+            "who".into(),
+            serde_json::json!("O'Brien'; DROP TABLE x; --"),
+        );
+        v.params.insert("n".into(), serde_json::json!(42));
+        assert_eq!(
+            t.render(
+                "SELECT * FROM t WHERE name = {{ params.who }} AND n > {{ params.n }} AND w > {{ watermark }}",
+                Escape::Sql,
+                &v
+            )
+            .unwrap(),
+            "SELECT * FROM t WHERE name = 'O''Brien''; DROP TABLE x; --' AND n > 42 AND w > NULL"
         );
     }
 

@@ -93,11 +93,34 @@ pub async fn run_attempt(
         },
         ds: local_date.format("%Y-%m-%d").to_string(),
         ds_nodash: local_date.format("%Y%m%d").to_string(),
+        yyyy: local_date.format("%Y").to_string(),
+        mm: local_date.format("%m").to_string(),
+        dd: local_date.format("%d").to_string(),
         task: TaskVars {
             id: task.id.clone(),
             attempt: attempt.number,
         },
+        watermark: serde_json::Value::Null,
     };
+    let mut vars = vars;
+    if task.action.incremental() {
+        match services.store.watermark(&run.pipeline.name, &task.id).await {
+            Ok(Some(v)) => vars.watermark = v,
+            Ok(None) => {}
+            Err(e) => {
+                return AttemptOutcome {
+                    attempt,
+                    result: Err(TaskError::Failed(format!(
+                        "cannot read the incremental cursor from the store: {e}"
+                    ))),
+                    timed_out: false,
+                    stats: None,
+                    log_path: log_path.display().to_string(),
+                    elapsed: started.elapsed(),
+                }
+            }
+        }
+    }
     let data_dir = services.project.data_dir().join(&run.id);
     if let Err(e) = std::fs::create_dir_all(&data_dir) {
         log.note(&format!(
@@ -145,6 +168,8 @@ pub async fn run_attempt(
         env: Vec::new(),
         work_dir: run.pipeline.base_dir.clone(),
         data_dir,
+        upstream: task.depends_on.clone(),
+        data: Arc::clone(&services.data),
         python: services.project.settings.python.clone(),
         python_path: services.project.settings.python_path.clone(),
         kill_grace: services.project.settings.kill_grace,

@@ -174,8 +174,26 @@ impl Coordinator {
             (Some(t), _) => Some(format!("critical task `{t}` failed")),
             _ => None,
         };
+        // Incremental cursors move only with a successful run: a failed load keeps the
+        // cursor where it was, so its rows are read again next time.
+        let watermarks = if state == RunState::Success {
+            svc.store
+                .task_runs(&self.run.id)
+                .await?
+                .into_iter()
+                .filter_map(|t| {
+                    let v = t.output.as_ref()?.get("watermark")?.get("value")?.clone();
+                    (!v.is_null()).then_some(crate::store::Watermark {
+                        task_id: t.task_id,
+                        value: v,
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         svc.store
-            .finish_run(&self.run.id, state, error.as_deref(), now_ms())
+            .finish_run(&self.run.id, state, error.as_deref(), &watermarks, now_ms())
             .await?;
         tracing::info!(run = %self.run.id, pipeline = %self.run.pipeline.name, state = %state, "run finished");
         if let Err(e) = report::write_report(&svc, &self.run.id).await {

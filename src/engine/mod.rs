@@ -58,6 +58,8 @@ pub struct Services {
     pub owner: String,
     /// Sends alerts on failures, retries and successes.
     pub alerts: Arc<Alerter>,
+    /// The data plane's settings, shared by every attempt.
+    pub data: Arc<crate::data::DataSettings>,
 }
 
 impl Services {
@@ -76,6 +78,7 @@ impl Services {
         ));
         Arc::new(Services {
             store,
+            data: Arc::new(project.settings.data.clone()),
             project: Arc::new(project),
             templates,
             owner: owner_id(),
@@ -500,7 +503,7 @@ impl Engine {
             .collect();
         store.finalize_tasks(&run.id, &updates, now).await?;
         store
-            .finish_run(&run.id, RunState::Cancelled, Some(run_reason), now)
+            .finish_run(&run.id, RunState::Cancelled, Some(run_reason), &[], now)
             .await?;
         Ok(())
     }

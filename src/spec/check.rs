@@ -35,6 +35,17 @@ pub fn check_pipeline(p: &Pipeline, cx: &CheckContext) -> Vec<SpecError> {
                 ));
             }
         }
+        for name in task.action.reads() {
+            if !task.depends_on.contains(&name) {
+                errors.push(SpecError::new(
+                    task.location.clone(),
+                    Some(format!("tasks.{id}.{}.from", task.kind)),
+                    format!(
+                        "`from` names `{name}`, which is not in `depends_on` of `{id}`; add it there so its dataset exists when `{id}` runs"
+                    ),
+                ));
+            }
+        }
         for msg in task.action.check(cx, &p.base_dir) {
             errors.push(SpecError::new(
                 task.location.clone(),

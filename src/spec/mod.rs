@@ -9,6 +9,7 @@ pub mod duration;
 pub mod error;
 pub mod parse;
 pub mod seed001;
+pub mod size;
 
 use crate::state::Trigger;
 use crate::tasks::TaskKind;

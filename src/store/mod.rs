@@ -238,6 +238,28 @@ pub struct ClaimRequest<'a> {
     pub limit: usize,
 }
 
+/// An incremental cursor a run reached, to commit with its success.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermark {
+    /// Task id.
+    pub task_id: String,
+    /// The cursor value.
+    pub value: serde_json::Value,
+}
+
+/// A stored cursor.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WatermarkRecord {
+    /// Task id.
+    pub task_id: String,
+    /// The cursor value.
+    pub value: serde_json::Value,
+    /// The run that reached it.
+    pub run_id: String,
+    /// When.
+    pub updated_at: Millis,
+}
+
 /// A page of runs: newest first, filtered.
 #[derive(Debug, Clone, Default)]
 pub struct RunQuery {
@@ -395,14 +417,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Makes `owner` the executor of a run (start, retry, recovery) and marks it running.
     async fn take_run(&self, run_id: &str, owner: &str, now: Millis) -> StoreResult<()>;
-    /// Ends a run.
+    /// Ends a run, and in the same transaction moves the incremental cursors its tasks
+    /// reached (given only for a successful run).
     async fn finish_run(
         &self,
         run_id: &str,
         state: RunState,
         error: Option<&str>,
+        watermarks: &[Watermark],
         now: Millis,
     ) -> StoreResult<()>;
+    /// The cursor value an incremental task of a pipeline reached in its last successful
+    /// run.
+    async fn watermark(
+        &self,
+        pipeline: &str,
+        task_id: &str,
+    ) -> StoreResult<Option<serde_json::Value>>;
+    /// Every cursor of a pipeline.
+    async fn watermarks(&self, pipeline: &str) -> StoreResult<Vec<WatermarkRecord>>;
     /// Whether someone asked for a run to be cancelled (cheap; polled by its executor).
     async fn cancel_requested(&self, run_id: &str) -> StoreResult<bool>;
     /// Asks for a run to be cancelled; its executor sees the flag. Returns false if the run

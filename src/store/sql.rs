@@ -9,7 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 /// Schema migrations in order; the store records how many it has applied.
-const MIGRATIONS: [(&str, &str); 2] = [
+const MIGRATIONS: [(&str, &str); 3] = [
     (
         include_str!("migrations/sqlite_v1.sql"),
         include_str!("migrations/postgres_v1.sql"),
@@ -17,6 +17,10 @@ const MIGRATIONS: [(&str, &str); 2] = [
     (
         include_str!("migrations/sqlite_v2.sql"),
         include_str!("migrations/postgres_v2.sql"),
+    ),
+    (
+        include_str!("migrations/sqlite_v3.sql"),
+        include_str!("migrations/postgres_v3.sql"),
     ),
 ];
 
@@ -853,16 +857,77 @@ impl Store for SqlStore {
         run_id: &str,
         state: RunState,
         error: Option<&str>,
+        watermarks: &[Watermark],
         now: Millis,
     ) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let pipeline: Option<(String,)> = sqlx::query_as("SELECT pipeline FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&mut *tx)
+            .await?;
         sqlx::query("UPDATE runs SET state = $1, ended_at = $2, error = $3 WHERE id = $4")
             .bind(state.as_str())
             .bind(now)
             .bind(error.map(String::from))
             .bind(run_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if let Some((pipeline,)) = pipeline {
+            for w in watermarks {
+                sqlx::query(
+                    "INSERT INTO watermarks (pipeline, task_id, value, run_id, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (pipeline, task_id) DO UPDATE SET value = excluded.value, run_id = excluded.run_id, updated_at = excluded.updated_at",
+                )
+                .bind(pipeline.clone())
+                .bind(w.task_id.clone())
+                .bind(w.value.to_string())
+                .bind(run_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
+    }
+
+    async fn watermark(
+        &self,
+        pipeline: &str,
+        task_id: &str,
+    ) -> StoreResult<Option<serde_json::Value>> {
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM watermarks WHERE pipeline = $1 AND task_id = $2")
+                .bind(pipeline)
+                .bind(task_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        row.map(|(v,)| {
+            serde_json::from_str(&v)
+                .map_err(|e| StoreError::Corrupt(format!("watermark of {pipeline}.{task_id}: {e}")))
+        })
+        .transpose()
+    }
+
+    async fn watermarks(&self, pipeline: &str) -> StoreResult<Vec<WatermarkRecord>> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT task_id, value, run_id, updated_at FROM watermarks WHERE pipeline = $1 ORDER BY task_id",
+        )
+        .bind(pipeline)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|(task_id, value, run_id, updated_at)| {
+                Ok(WatermarkRecord {
+                    task_id,
+                    value: serde_json::from_str(&value).map_err(|e| {
+                        StoreError::Corrupt(format!("watermark of {pipeline}: {e}"))
+                    })?,
+                    run_id,
+                    updated_at,
+                })
+            })
+            .collect()
     }
 
     async fn cancel_requested(&self, run_id: &str) -> StoreResult<bool> {

@@ -7,11 +7,14 @@
 //! data tasks, a dataset. It never writes to the store: the engine records what it returns.
 
 pub mod exec;
+pub mod extract;
 pub mod http;
+pub mod load;
 pub mod pipeline;
 pub mod python;
 pub mod run;
 pub mod sensor;
+pub mod sql;
 
 use crate::process::{self, LogFile, ProcessStats};
 use crate::spec::error::{Location, SpecError};
@@ -37,6 +40,9 @@ pub const KINDS: &[(&str, BuildFn)] = &[
     ("exec", exec::build),
     ("python", python::build),
     ("http", http::build),
+    ("extract", extract::build),
+    ("sql", sql::build),
+    ("load", load::build),
     ("pipeline", pipeline::build),
     ("sensor", sensor::build),
 ];
@@ -179,6 +185,10 @@ pub struct TaskContext {
     pub work_dir: PathBuf,
     /// The run's data folder (datasets).
     pub data_dir: PathBuf,
+    /// The task's upstream task ids (`depends_on`), whose datasets it may read.
+    pub upstream: Vec<String>,
+    /// The project's `data:` settings (memory limit, batch size).
+    pub data: Arc<crate::data::DataSettings>,
     /// Python interpreter.
     pub python: String,
     /// Extra directories for Python imports.
@@ -269,6 +279,23 @@ pub trait TaskKind: Send + Sync + Debug {
 
     /// Problems `cauce validate` can find without running it (a missing program...).
     fn check(&self, _cx: &CheckContext, _base_dir: &Path) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether it keeps an incremental cursor (the engine then looks up the last value and
+    /// gives it as `watermark`).
+    fn incremental(&self) -> bool {
+        false
+    }
+
+    /// Whether a successful attempt leaves a dataset for the tasks downstream.
+    fn produces_dataset(&self) -> bool {
+        false
+    }
+
+    /// Task ids whose datasets it names explicitly (`from:` of a load); each must be
+    /// upstream of it, which `cauce validate` checks.
+    fn reads(&self) -> Vec<String> {
         Vec::new()
     }
 

@@ -106,7 +106,7 @@ async fn runs_round_trip(s: &dyn Store) {
         vec!["a", "b"]
     );
     assert!(tasks.iter().all(|t| t.state == TaskState::Pending));
-    s.finish_run("r1", RunState::Partial, Some("x"), 2000)
+    s.finish_run("r1", RunState::Partial, Some("x"), &[], 2000)
         .await
         .unwrap();
     let r = s.get_run("r1").await.unwrap().unwrap();
@@ -519,7 +519,7 @@ async fn pages_filters_sla_marks_and_stats(s: &dyn Store) {
         r.trigger = trigger.to_string();
         s.create_run(&r, 1000 + i as i64).await.unwrap();
     }
-    s.finish_run("r1", RunState::Failed, None, 5000)
+    s.finish_run("r1", RunState::Failed, None, &[], 5000)
         .await
         .unwrap();
     let page = |before: Option<&str>, trigger: Option<&str>, limit| store::RunQuery {

@@ -1,0 +1,204 @@
+//! Datasets: the output of an `extract`, `sql` (or `validate`) task, materialised as zstd
+//! Parquet files in a folder named by the task id under the run's data folder
+//! (`.cauce/data/RUN/TASK/`). A dataset is written under a temporary name and renamed when
+//! complete, so a folder with the task's name is always a whole dataset; a retried run finds
+//! the datasets of tasks that succeeded where they were and reads them again. Old runs'
+//! folders are removed by [`prune`] (the `data.retention` setting).
+
+use super::DataError;
+use datafusion::arrow::array::{Array, UInt64Array};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::config::TableParquetOptions;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// What a write produced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes on disk.
+    pub bytes: u64,
+}
+
+/// The folder of task `task_id`'s dataset in a run's data folder.
+pub fn dir(run_data_dir: &Path, task_id: &str) -> PathBuf {
+    run_data_dir.join(task_id)
+}
+
+/// Whether task `task_id` of the run has a complete dataset.
+pub fn exists(run_data_dir: &Path, task_id: &str) -> bool {
+    dir(run_data_dir, task_id).is_dir()
+}
+
+/// The Parquet options of datasets: zstd level 1 (fast to write, small to keep).
+fn dataset_options() -> TableParquetOptions {
+    let mut o = TableParquetOptions::default();
+    o.global.compression = Some("zstd(1)".into());
+    o
+}
+
+/// Sums the `count` column DataFusion's writers answer with.
+pub fn count_rows(batches: &[RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count"))
+        .filter_map(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .flat_map(|a| a.iter().flatten())
+        .sum()
+}
+
+/// Total size of the files in a folder tree.
+pub fn size_of(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return 0;
+    };
+    if meta.is_file() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| size_of(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// A name beside `target` for work in progress, unique to this process and moment.
+pub fn temp_beside(target: &Path, tag: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{tag}-{name}-{}-{nanos}", std::process::id()))
+}
+
+/// Writes `df` as the dataset of `task_id`, replacing any earlier one whole.
+pub async fn write(
+    df: DataFrame,
+    run_data_dir: &Path,
+    task_id: &str,
+) -> Result<Written, DataError> {
+    let target = dir(run_data_dir, task_id);
+    let tmp = temp_beside(&target, "tmp");
+    let schema = df.schema().inner().clone();
+    let path = format!("{}/", tmp.display());
+    let result = df
+        .write_parquet(&path, DataFrameWriteOptions::new(), Some(dataset_options()))
+        .await;
+    let batches = match result {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(DataError::from_datafusion("writing the dataset", e));
+        }
+    };
+    let rows = count_rows(&batches);
+    // An empty result writes no file; keep its schema in one empty file so readers see
+    // the columns.
+    if !has_parquet(&tmp) {
+        write_empty(&tmp, schema)?;
+    }
+    replace_dir(&tmp, &target)?;
+    Ok(Written {
+        rows,
+        bytes: size_of(&target),
+    })
+}
+
+fn has_parquet(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
+        })
+        .unwrap_or(false)
+}
+
+/// Writes one Parquet file with `schema` and no rows into `dir`.
+pub fn write_empty(
+    dir: &Path,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DataError::io(format!("cannot create {}", dir.display()), e))?;
+    let file = dir.join("empty.parquet");
+    let f = std::fs::File::create(&file)
+        .map_err(|e| DataError::io(format!("cannot create {}", file.display()), e))?;
+    let w = ArrowWriter::try_new(f, schema, None)
+        .map_err(|e| DataError::io(format!("writing {}", file.display()), e))?;
+    w.close()
+        .map_err(|e| DataError::io(format!("writing {}", file.display()), e))?;
+    Ok(())
+}
+
+/// Puts the complete folder `tmp` where `target` is: the old one, if any, is moved aside
+/// first and removed after, so `target` is always either the old or the new whole folder.
+pub fn replace_dir(tmp: &Path, target: &Path) -> Result<(), DataError> {
+    let old = temp_beside(target, "old");
+    let had_old = target.exists();
+    if had_old {
+        std::fs::rename(target, &old)
+            .map_err(|e| DataError::io(format!("cannot move {} aside", target.display()), e))?;
+    }
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| DataError::io(format!("cannot create {}", parent.display()), e))?;
+    }
+    if let Err(e) = std::fs::rename(tmp, target) {
+        if had_old {
+            let _ = std::fs::rename(&old, target);
+        }
+        return Err(DataError::io(
+            format!("cannot rename into {}", target.display()),
+            e,
+        ));
+    }
+    if had_old {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Reads task `task_id`'s dataset of the run.
+pub async fn read(
+    ctx: &SessionContext,
+    run_data_dir: &Path,
+    task_id: &str,
+) -> Result<DataFrame, DataError> {
+    let d = dir(run_data_dir, task_id);
+    if !d.is_dir() {
+        return Err(DataError::Invalid(format!(
+            "task `{task_id}` has no dataset in this run (is it an extract, sql or validate task, and did it succeed?)"
+        )));
+    }
+    ctx.read_parquet(format!("{}/", d.display()), ParquetReadOptions::default())
+        .await
+        .map_err(|e| DataError::from_datafusion(format!("reading the dataset of `{task_id}`"), e))
+}
+
+/// Removes the data folders of runs last written more than `keep` ago under `data_root`;
+/// returns how many it removed. Folders of runs still going are recent, so they stay.
+pub fn prune(data_root: &Path, keep: Duration) -> usize {
+    let Ok(rd) = std::fs::read_dir(data_root) else {
+        return 0;
+    };
+    let now = SystemTime::now();
+    let mut removed = 0;
+    for entry in rd.filter_map(|e| e.ok()) {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| now.duration_since(t).ok())
+            .is_some_and(|age| age > keep);
+        if old && entry.path().is_dir() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}

@@ -1,0 +1,132 @@
+//! The data plane's shared parts: the DataFusion session every data task runs in (with its
+//! memory limit and spill folder), datasets (the materialised output of a task, read by the
+//! tasks downstream), column types as users write them, and the error type sources and
+//! sinks return. What reads data lives in [`crate::sources`], what writes it in
+//! [`crate::sinks`]; the task kinds that use them are `extract`, `sql` and `load` in
+//! [`crate::tasks`]. Nothing here touches the store.
+
+pub mod dataset;
+pub mod stream;
+pub mod types;
+
+use crate::tasks::TaskError;
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why reading, transforming or writing data failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The data is not what the pipeline says it is (a value that does not parse as its
+    /// column's type, a missing column); retrying will not help.
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading or writing failed (a file, a database, the network); a retry may succeed.
+    #[error("{0}")]
+    Io(String),
+    /// The task was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl DataError {
+    /// An I/O error with what was being done.
+    pub fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataError {
+        DataError::Io(format!("{what}: {e}"))
+    }
+
+    /// A DataFusion error, sorted into bad data (plan, schema, cast and parse errors) and
+    /// failures of the machine (I/O, resources).
+    pub fn from_datafusion(what: impl std::fmt::Display, e: DataFusionError) -> DataError {
+        let root = e.find_root();
+        // A source's own error carried through the engine keeps its kind.
+        if let DataFusionError::External(inner) = root {
+            if let Some(d) = inner.downcast_ref::<DataError>() {
+                return match d {
+                    DataError::Invalid(m) => DataError::Invalid(format!("{what}: {m}")),
+                    DataError::Io(m) => DataError::Io(format!("{what}: {m}")),
+                    DataError::Cancelled => DataError::Cancelled,
+                };
+            }
+        }
+        let retryable = matches!(
+            root,
+            DataFusionError::IoError(_)
+                | DataFusionError::ObjectStore(_)
+                | DataFusionError::ResourcesExhausted(_)
+        );
+        let text = types::explain_error(&root.to_string());
+        if retryable {
+            DataError::Io(format!("{what}: {text}"))
+        } else {
+            DataError::Invalid(format!("{what}: {text}"))
+        }
+    }
+}
+
+impl From<DataError> for TaskError {
+    fn from(e: DataError) -> TaskError {
+        match e {
+            DataError::Invalid(m) => TaskError::Invalid(m),
+            DataError::Io(m) => TaskError::Failed(m),
+            DataError::Cancelled => TaskError::Cancelled,
+        }
+    }
+}
+
+/// The `data:` settings of `cauce.yaml`.
+#[derive(Debug, Clone)]
+pub struct DataSettings {
+    /// Memory the query engine may hold for sorts, joins and aggregations of one task
+    /// before it spills to disk.
+    pub max_memory: u64,
+    /// Rows per Arrow batch.
+    pub batch_size: usize,
+    /// Parallel partitions of a query (default: the number of cores).
+    pub threads: usize,
+    /// Run datasets older than this are removed when a run starts (`None`: kept).
+    pub retention: Option<Duration>,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        DataSettings {
+            max_memory: 1 << 30,
+            batch_size: 8192,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            retention: None,
+        }
+    }
+}
+
+/// A DataFusion session for one task attempt: memory bounded by `max_memory` (sorts,
+/// joins and aggregations spill into `spill_dir`), `threads` partitions.
+pub fn session(settings: &DataSettings, spill_dir: &Path) -> Result<SessionContext, DataError> {
+    std::fs::create_dir_all(spill_dir)
+        .map_err(|e| DataError::io(format!("cannot create {}", spill_dir.display()), e))?;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(settings.max_memory as usize)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
+        )
+        .build_arc()
+        .map_err(|e| DataError::from_datafusion("cannot set up the query engine", e))?;
+    let config = SessionConfig::new()
+        .with_batch_size(settings.batch_size)
+        .with_target_partitions(settings.threads.max(1))
+        .with_information_schema(true);
+    Ok(SessionContext::new_with_config_rt(config, runtime))
+}
+
+/// The spill folder of a task attempt, inside the run's data folder.
+pub fn spill_dir(run_data_dir: &Path, task_id: &str) -> PathBuf {
+    run_data_dir.join(format!(".spill-{task_id}"))
+}

@@ -1,0 +1,321 @@
+//! `source: csv`: delimited text files, one or a glob of many, read by DataFusion's
+//! parallel CSV reader. Options: delimiter, header, quote, escape, comment, null markers,
+//! encoding (UTF-8 by default; Latin-1/Windows-1252 and any other WHATWG label are
+//! transcoded to UTF-8 as they are read, and a UTF-8 byte-order mark is dropped), schema
+//! inference over the first `infer_rows` rows with the extract's `columns` applied on read
+//! (so a `decimal(10,2)` is parsed as a decimal, and a bad value is reported with its file,
+//! line and column).
+
+use super::{total_size, Source, SourceContext};
+use crate::data::DataError;
+use crate::spec::error::SpecError;
+use crate::tasks::BuildContext;
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{Field, Schema};
+use datafusion::prelude::{CsvReadOptions, DataFrame, SessionContext};
+use marked_yaml::Node;
+use serde::Deserialize;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The `csv` source.
+#[derive(Debug)]
+pub struct CsvSource {
+    path: String,
+    delimiter: u8,
+    header: bool,
+    quote: u8,
+    escape: Option<u8>,
+    comment: Option<u8>,
+    null_regex: Option<String>,
+    encoding: &'static encoding_rs::Encoding,
+    infer_rows: usize,
+    newlines_in_values: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CsvSpec {
+    path: String,
+    delimiter: Option<String>,
+    header: Option<bool>,
+    quote: Option<String>,
+    escape: Option<String>,
+    comment: Option<String>,
+    null: Option<OneOrMany>,
+    encoding: Option<String>,
+    infer_rows: Option<usize>,
+    newlines_in_values: Option<bool>,
+}
+
+fn one_byte(cx: &BuildContext, node: &Node, key: &str, v: &str) -> Result<u8, SpecError> {
+    let v = match v {
+        "\\t" | "tab" => "\t",
+        other => other,
+    };
+    match v.as_bytes() {
+        [b] if b.is_ascii() => Ok(*b),
+        _ => Err(cx.error(
+            node,
+            format!("`{key}` must be one ASCII character (`,`, `;`, `\\t`, `|`), not `{v}`"),
+        )),
+    }
+}
+
+/// Escapes regex metacharacters.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Builds from `path`, `delimiter`, `header`, `quote`, `escape`, `comment`, `null`,
+/// `encoding`, `infer_rows`, `newlines_in_values`.
+pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
+    let spec: CsvSpec = cx.decode(node)?;
+    let delimiter = match &spec.delimiter {
+        Some(d) => one_byte(cx, node, "delimiter", d)?,
+        None => b',',
+    };
+    let quote = match &spec.quote {
+        Some(q) => one_byte(cx, node, "quote", q)?,
+        None => b'"',
+    };
+    let escape = spec
+        .escape
+        .as_deref()
+        .map(|e| one_byte(cx, node, "escape", e))
+        .transpose()?;
+    let comment = spec
+        .comment
+        .as_deref()
+        .map(|e| one_byte(cx, node, "comment", e))
+        .transpose()?;
+    let markers = match spec.null {
+        None => vec![],
+        Some(OneOrMany::One(s)) => vec![s],
+        Some(OneOrMany::Many(v)) => v,
+    };
+    let null_regex = (!markers.is_empty()).then(|| {
+        format!(
+            "^({})$",
+            markers
+                .iter()
+                .map(|m| regex_escape(m))
+                .collect::<Vec<_>>()
+                .join("|")
+        )
+    });
+    let encoding = match &spec.encoding {
+        None => encoding_rs::UTF_8,
+        Some(label) => {
+            let l = label.trim().to_ascii_lowercase();
+            let l = match l.as_str() {
+                "latin1" | "latin-1" => "iso-8859-1",
+                "cp1252" => "windows-1252",
+                other => other,
+            };
+            encoding_rs::Encoding::for_label(l.as_bytes()).ok_or_else(|| {
+                cx.error(
+                    node,
+                    format!("unknown encoding `{label}`; use utf-8, latin1, windows-1252 or another WHATWG label"),
+                )
+            })?
+        }
+    };
+    Ok(Arc::new(CsvSource {
+        path: spec.path,
+        delimiter,
+        header: spec.header.unwrap_or(true),
+        quote,
+        escape,
+        comment,
+        null_regex,
+        encoding,
+        infer_rows: spec.infer_rows.unwrap_or(10_000).max(1),
+        newlines_in_values: spec.newlines_in_values.unwrap_or(false),
+    }))
+}
+
+impl CsvSource {
+    fn options<'a>(&self, schema: Option<&'a Schema>) -> CsvReadOptions<'a> {
+        let mut o = CsvReadOptions::new()
+            .has_header(self.header)
+            .delimiter(self.delimiter)
+            .quote(self.quote)
+            .file_extension("")
+            .schema_infer_max_records(self.infer_rows)
+            .newlines_in_values(self.newlines_in_values);
+        o.escape = self.escape;
+        o.comment = self.comment;
+        o.null_regex = self.null_regex.clone();
+        o.schema = schema;
+        o
+    }
+
+    /// The files as DataFusion reads them: UTF-8 ones as they are, others (and UTF-8 with
+    /// a byte-order mark) transcoded into the scratch folder.
+    fn prepare(&self, files: &[PathBuf], scratch: &Path) -> Result<Vec<String>, DataError> {
+        let mut out = Vec::with_capacity(files.len());
+        for (i, f) in files.iter().enumerate() {
+            let needs = self.encoding != encoding_rs::UTF_8 || starts_with_bom(f);
+            if !needs {
+                out.push(f.display().to_string());
+                continue;
+            }
+            std::fs::create_dir_all(scratch)
+                .map_err(|e| DataError::io(format!("cannot create {}", scratch.display()), e))?;
+            let target = scratch.join(format!("{i}.csv"));
+            transcode(f, &target, self.encoding)?;
+            out.push(target.display().to_string());
+        }
+        Ok(out)
+    }
+
+    async fn frame(
+        &self,
+        session: &SessionContext,
+        paths: Vec<String>,
+        columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+    ) -> Result<DataFrame, DataError> {
+        let what = || format!("reading {}", self.path);
+        let inferred = session
+            .read_csv(paths.clone(), self.options(None))
+            .await
+            .map_err(|e| DataError::from_datafusion(what(), e))?;
+        // Declared types are parsed on read (those with a format are read as text and
+        // parsed after, by the extract).
+        let fields: Vec<Field> = inferred
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match columns.get(f.name()) {
+                Some(ct) if ct.format.is_none() => Field::new(f.name(), ct.data_type.clone(), true),
+                Some(_) => Field::new(f.name(), datafusion::arrow::datatypes::DataType::Utf8, true),
+                None => f.as_ref().clone().with_nullable(true),
+            })
+            .collect();
+        let schema = Schema::new(fields);
+        session
+            .read_csv(paths, self.options(Some(&schema)))
+            .await
+            .map_err(|e| DataError::from_datafusion(what(), e))
+    }
+}
+
+fn starts_with_bom(f: &Path) -> bool {
+    let mut buf = [0u8; 3];
+    std::fs::File::open(f)
+        .and_then(|mut h| h.read_exact(&mut buf))
+        .is_ok()
+        && buf == [0xEF, 0xBB, 0xBF]
+}
+
+/// Copies `from` into `to` as UTF-8, decoding it as `enc`, in bounded chunks.
+fn transcode(from: &Path, to: &Path, enc: &'static encoding_rs::Encoding) -> Result<(), DataError> {
+    let mut input = std::fs::File::open(from)
+        .map_err(|e| DataError::io(format!("cannot open {}", from.display()), e))?;
+    let out = std::fs::File::create(to)
+        .map_err(|e| DataError::io(format!("cannot create {}", to.display()), e))?;
+    let mut out = std::io::BufWriter::new(out);
+    let mut decoder = enc.new_decoder();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut text = String::with_capacity((1 << 20) * 3 + 16);
+    loop {
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| DataError::io(format!("reading {}", from.display()), e))?;
+        let last = n == 0;
+        text.clear();
+        let (_, _, _) = decoder.decode_to_string(&buf[..n], &mut text, last);
+        out.write_all(text.as_bytes())
+            .map_err(|e| DataError::io(format!("writing {}", to.display()), e))?;
+        if last {
+            break;
+        }
+    }
+    out.flush()
+        .map_err(|e| DataError::io(format!("writing {}", to.display()), e))
+}
+
+/// Rewrites arrow's "for column N at line L" with the column's name and the file.
+fn locate(msg: &str, file: &Path, schema: &datafusion::common::DFSchema) -> String {
+    let parsed = (|| {
+        let at = msg.find("for column ")?;
+        let rest = &msg[at + "for column ".len()..];
+        let (idx, rest) = rest.split_once(" at line ")?;
+        let idx: usize = idx.trim().parse().ok()?;
+        let line: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let value = msg
+            .split_once("parsing value '")
+            .and_then(|(_, r)| r.split_once('\''))
+            .map(|(v, _)| v.to_string())?;
+        let ty = msg
+            .split_once("as type '")
+            .and_then(|(_, r)| r.split_once('\''))
+            .map(|(t, _)| t.to_string())?;
+        let name = schema.fields().get(idx).map(|f| f.name().clone())?;
+        Some(format!(
+            "{}: line {line}, column `{name}` (column {}): value `{value}` is not a valid {ty}",
+            file.display(),
+            idx + 1
+        ))
+    })();
+    parsed.unwrap_or_else(|| format!("{}: {msg}", file.display()))
+}
+
+#[async_trait]
+impl Source for CsvSource {
+    fn describe(&self) -> String {
+        format!("csv {}", self.path)
+    }
+
+    async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
+        let files = cx.files(&self.path)?;
+        cx.add_bytes(total_size(&files));
+        let paths = self.prepare(&files, &cx.scratch)?;
+        self.frame(cx.session, paths, cx.columns).await
+    }
+
+    async fn explain(&self, cx: &SourceContext<'_>, err: DataError) -> DataError {
+        let DataError::Invalid(msg) = &err else {
+            return err;
+        };
+        // Find the file at fault by reading each on its own, in one partition, so the line
+        // number counts from the top of the file.
+        let Ok(files) = cx.files(&self.path) else {
+            return err;
+        };
+        let Ok(paths) = self.prepare(&files, &cx.scratch) else {
+            return err;
+        };
+        let config = datafusion::prelude::SessionConfig::new()
+            .with_target_partitions(1)
+            .with_repartition_file_scans(false);
+        let session = SessionContext::new_with_config(config);
+        for (file, path) in files.iter().zip(paths) {
+            let Ok(df) = self.frame(&session, vec![path], cx.columns).await else {
+                continue;
+            };
+            let schema = df.schema().clone();
+            if let Err(e) = crate::data::stream::drain(df).await {
+                let text = crate::data::types::explain_error(&e.find_root().to_string());
+                return DataError::Invalid(locate(&text, file, &schema));
+            }
+        }
+        DataError::Invalid(msg.clone())
+    }
+}

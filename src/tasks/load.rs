@@ -1,0 +1,183 @@
+//! `load`: writes upstream datasets to a sink. The load's own keys are `sink` (which sink,
+//! from [`crate::sinks::SINKS`]) and `from` (a task id or a list; by default its one
+//! upstream task with a dataset). Every other key belongs to the sink. What makes a load
+//! atomic is each sink's business; this kind streams the datasets to it and counts.
+
+use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
+use crate::data::{dataset, session, spill_dir, DataError};
+use crate::sinks::{Input, Sink, SinkContext, SINKS};
+use crate::spec::error::{suggestion, SpecError};
+use async_trait::async_trait;
+use marked_yaml::Node;
+use serde::Deserialize;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Keys of a load that are not the sink's.
+const LOAD_KEYS: &[&str] = &["sink", "from"];
+
+/// The `load` kind.
+#[derive(Debug)]
+pub struct LoadTask {
+    sink_name: String,
+    sink: Arc<dyn Sink>,
+    from: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum From {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Builds from `{sink, from, ...sink keys}`.
+pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecError> {
+    let Some(map) = node.as_mapping() else {
+        return Err(cx.error(node, "`load` must be a mapping with `sink` and its options"));
+    };
+    let names: Vec<&str> = SINKS.iter().map(|(n, _)| *n).collect();
+    let Some(sink_node) = map.get_node("sink") else {
+        return Err(cx.error(
+            node,
+            format!("`load` needs `sink`: one of {}", names.join(", ")),
+        ));
+    };
+    let Some(sink_name) = sink_node.as_scalar().map(|s| s.as_str().to_string()) else {
+        return Err(cx.error(sink_node, "`sink` must be a name"));
+    };
+    let Some((_, build_sink)) = SINKS.iter().find(|(n, _)| *n == sink_name) else {
+        return Err(cx.error(
+            sink_node,
+            format!(
+                "unknown sink `{sink_name}`{}; sinks: {}",
+                suggestion(&sink_name, names.iter().copied()),
+                names.join(", ")
+            ),
+        ));
+    };
+    let from = match map.get_node("from") {
+        None => vec![],
+        Some(n) => match cx.decode::<From>(n)? {
+            From::One(s) => vec![s],
+            From::Many(v) => v,
+        },
+    };
+    let mut rest = map.clone();
+    for k in LOAD_KEYS {
+        rest.remove(*k);
+    }
+    let sink = build_sink(&Node::Mapping(rest), cx)?;
+    if from.len() > 1 && !sink.many_inputs() {
+        return Err(cx.error(
+            node,
+            format!(
+                "the {sink_name} sink writes one dataset; `from` names {}",
+                from.len()
+            ),
+        ));
+    }
+    Ok(Arc::new(LoadTask {
+        sink_name,
+        sink,
+        from,
+    }))
+}
+
+#[async_trait]
+impl TaskKind for LoadTask {
+    fn describe(&self) -> String {
+        if self.from.is_empty() {
+            format!("load {}", self.sink.describe())
+        } else {
+            format!(
+                "load {} into {}",
+                self.from.join(", "),
+                self.sink.describe()
+            )
+        }
+    }
+
+    fn check(&self, _cx: &super::CheckContext, base_dir: &Path) -> Vec<String> {
+        self.sink.check(base_dir)
+    }
+
+    fn reads(&self) -> Vec<String> {
+        self.from.clone()
+    }
+
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let from: Vec<String> = if self.from.is_empty() {
+            let with_data: Vec<String> = ctx
+                .upstream
+                .iter()
+                .filter(|t| dataset::exists(&ctx.data_dir, t))
+                .cloned()
+                .collect();
+            match with_data.len() {
+                1 => with_data,
+                0 => {
+                    return Err(TaskError::Invalid(
+                        "nothing to load: no upstream task has a dataset (depend on an extract or sql task, or name it in `from`)".into(),
+                    ))
+                }
+                _ if self.sink.many_inputs() => with_data,
+                _ => {
+                    return Err(TaskError::Invalid(format!(
+                        "several upstream datasets ({}); say which to load with `from`",
+                        with_data.join(", ")
+                    )))
+                }
+            }
+        } else {
+            self.from.clone()
+        };
+        let spill = spill_dir(&ctx.data_dir, &ctx.task_id);
+        let scratch = ctx
+            .data_dir
+            .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt));
+        let session = session(&ctx.data, &spill)?;
+        let mut inputs = Vec::with_capacity(from.len());
+        let mut bytes_read = 0;
+        for name in &from {
+            bytes_read += dataset::size_of(&dataset::dir(&ctx.data_dir, name));
+            inputs.push(Input {
+                name: name.clone(),
+                frame: dataset::read(&session, &ctx.data_dir, name).await?,
+            });
+        }
+        let sx = SinkContext {
+            task: ctx,
+            session: &session,
+            scratch: scratch.clone(),
+        };
+        ctx.log.note(&format!(
+            "loading {} into {} ({})",
+            from.join(", "),
+            self.sink_name,
+            self.sink.describe()
+        ));
+        let result = tokio::select! {
+            r = self.sink.write(&sx, inputs) => r,
+            _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
+        };
+        let _ = std::fs::remove_dir_all(&scratch);
+        let _ = std::fs::remove_dir_all(&spill);
+        let written = result?;
+        ctx.log.note(&format!(
+            "{} rows, {} bytes written",
+            written.rows, written.bytes
+        ));
+        Ok(TaskOutput {
+            value: serde_json::json!({ "rows": written.rows }),
+            metrics: Metrics {
+                rows_in: Some(written.rows),
+                rows_out: Some(written.rows),
+                bytes_read: Some(bytes_read),
+                bytes_written: Some(written.bytes),
+                ..Default::default()
+            },
+            dataset: None,
+        })
+    }
+}

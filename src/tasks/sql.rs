@@ -1,0 +1,182 @@
+//! `sql`: a DataFusion SQL query over the upstream datasets, each a table named by its task
+//! id; the result is this task's dataset. Written as `sql: "SELECT ..."`, or
+//! `sql: {query: ...}` / `sql: {file: queries/x.sql}`. Run params reach the query two safe
+//! ways: `$name` placeholders bound as typed values, and `{{ params.name }}` templates
+//! rendered as quoted SQL literals. Only queries run: statements that create tables, write
+//! files or change settings are refused.
+
+use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
+use crate::data::{dataset, session, spill_dir, DataError};
+use crate::spec::error::SpecError;
+use crate::template::Escape;
+use async_trait::async_trait;
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::context::SQLOptions;
+use datafusion::prelude::SessionContext;
+use marked_yaml::Node;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The `sql` kind.
+#[derive(Debug)]
+pub struct SqlTask {
+    query: Option<String>,
+    file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqlSpec {
+    query: Option<String>,
+    file: Option<String>,
+}
+
+/// Builds from a query string, or `{query}` / `{file}`.
+pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecError> {
+    let spec = match node.as_scalar() {
+        Some(s) => SqlSpec {
+            query: Some(s.as_str().to_string()),
+            file: None,
+        },
+        None => cx.decode::<SqlSpec>(node)?,
+    };
+    match (&spec.query, &spec.file) {
+        (Some(q), None) if q.trim().is_empty() => Err(cx.error(node, "the query is empty")),
+        (Some(_), None) | (None, Some(_)) => Ok(Arc::new(SqlTask {
+            query: spec.query,
+            file: spec.file.map(|f| cx.base_dir.join(f)),
+        })),
+        _ => Err(cx.error(node, "give the query as text or as `file`, one of them")),
+    }
+}
+
+/// A run param as a typed SQL value.
+pub fn scalar(v: &serde_json::Value) -> ScalarValue {
+    match v {
+        serde_json::Value::Null => ScalarValue::Utf8(None),
+        serde_json::Value::Bool(b) => ScalarValue::Boolean(Some(*b)),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => ScalarValue::Int64(Some(i)),
+            None => ScalarValue::Float64(n.as_f64()),
+        },
+        serde_json::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
+        other => ScalarValue::Utf8(Some(other.to_string())),
+    }
+}
+
+/// Registers the datasets of `tables` that exist in the run as tables of `session`.
+pub async fn register_upstream(
+    session: &SessionContext,
+    data_dir: &Path,
+    tables: &[String],
+) -> Result<Vec<String>, DataError> {
+    let mut registered = Vec::new();
+    for t in tables {
+        if !dataset::exists(data_dir, t) {
+            continue;
+        }
+        let df = dataset::read(session, data_dir, t).await?;
+        session
+            .register_table(
+                datafusion::common::TableReference::bare(t.as_str()),
+                df.into_view(),
+            )
+            .map_err(|e| DataError::from_datafusion(format!("registering `{t}`"), e))?;
+        registered.push(t.clone());
+    }
+    Ok(registered)
+}
+
+#[async_trait]
+impl TaskKind for SqlTask {
+    fn describe(&self) -> String {
+        match (&self.query, &self.file) {
+            (_, Some(f)) => format!("sql {}", f.display()),
+            (Some(q), _) => {
+                let one_line: String = q.split_whitespace().collect::<Vec<_>>().join(" ");
+                let short: String = one_line.chars().take(60).collect();
+                format!(
+                    "sql {short}{}",
+                    if one_line.len() > 60 { "..." } else { "" }
+                )
+            }
+            _ => "sql".into(),
+        }
+    }
+
+    fn check(&self, _cx: &super::CheckContext, _base_dir: &Path) -> Vec<String> {
+        match &self.file {
+            Some(f) if !f.is_file() => vec![format!("SQL file {} does not exist", f.display())],
+            _ => vec![],
+        }
+    }
+
+    fn produces_dataset(&self) -> bool {
+        true
+    }
+
+    async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
+        let text = match (&self.query, &self.file) {
+            (_, Some(f)) => std::fs::read_to_string(f).map_err(|e| {
+                TaskError::Invalid(format!("cannot read SQL file {}: {e}", f.display()))
+            })?,
+            (Some(q), _) => q.clone(),
+            _ => return Err(TaskError::Invalid("no query".into())),
+        };
+        let query = ctx.render(&text, Escape::Sql)?;
+        let spill = spill_dir(&ctx.data_dir, &ctx.task_id);
+        let session = session(&ctx.data, &spill)?;
+        let tables = register_upstream(&session, &ctx.data_dir, &ctx.upstream).await?;
+        ctx.log.note(&format!(
+            "tables: {}",
+            if tables.is_empty() {
+                "none".to_string()
+            } else {
+                tables.join(", ")
+            }
+        ));
+        ctx.log.write_bytes(format!("{query}\n").as_bytes());
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let work = async {
+            let mut df = session
+                .sql_with_options(&query, options)
+                .await
+                .map_err(|e| DataError::from_datafusion("the query", e))?;
+            if query.contains('$') {
+                let params: Vec<(String, ScalarValue)> = ctx
+                    .vars
+                    .params
+                    .iter()
+                    .map(|(k, v)| (k.clone(), scalar(v)))
+                    .collect();
+                df = df
+                    .with_param_values(ParamValues::from(params))
+                    .map_err(|e| DataError::from_datafusion("binding params", e))?;
+            }
+            dataset::write(df, &ctx.data_dir, &ctx.task_id).await
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
+        };
+        let _ = std::fs::remove_dir_all(&spill);
+        let written = result?;
+        ctx.log.note(&format!(
+            "{} rows, dataset {} bytes",
+            written.rows, written.bytes
+        ));
+        Ok(TaskOutput {
+            value: serde_json::json!({ "rows": written.rows }),
+            metrics: Metrics {
+                rows_out: Some(written.rows),
+                bytes_written: Some(written.bytes),
+                ..Default::default()
+            },
+            dataset: Some(dataset::dir(&ctx.data_dir, &ctx.task_id)),
+        })
+    }
+}
