@@ -85,6 +85,7 @@ pub async fn write(
 ) -> Result<Written, DataError> {
     let target = dir(run_data_dir, task_id);
     let tmp = temp_beside(&target, "tmp");
+    let df = super::types::normalize(df)?;
     let schema = df.schema().inner().clone();
     let path = format!("{}/", tmp.display());
     let result = df

@@ -119,10 +119,15 @@ pub fn session(settings: &DataSettings, spill_dir: &Path) -> Result<SessionConte
         )
         .build_arc()
         .map_err(|e| DataError::from_datafusion("cannot set up the query engine", e))?;
-    let config = SessionConfig::new()
+    let mut config = SessionConfig::new()
         .with_batch_size(settings.batch_size)
         .with_target_partitions(settings.threads.max(1))
         .with_information_schema(true);
+    // Text stays plain UTF-8 strings (not string views), which every reader of the files
+    // cauce writes understands.
+    let options = config.options_mut();
+    options.execution.parquet.schema_force_view_types = false;
+    options.sql_parser.map_string_types_to_utf8view = false;
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 

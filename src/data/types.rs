@@ -190,6 +190,36 @@ pub fn apply(
         .map_err(|e| DataError::from_datafusion("applying `columns`", e))
 }
 
+/// The type a column is stored as: timestamps in microseconds (Parquet has no seconds, and
+/// readers such as pyarrow and DuckDB read microseconds everywhere), text as plain UTF-8.
+fn storage_type(t: &DataType) -> Option<DataType> {
+    match t {
+        DataType::Timestamp(unit, tz) if *unit != TimeUnit::Microsecond => {
+            Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
+        }
+        DataType::Utf8View | DataType::LargeUtf8 => Some(DataType::Utf8),
+        _ => None,
+    }
+}
+
+/// Casts columns to the types datasets and files store them as (see [`storage_type`]);
+/// a frame that needs none comes back as it was.
+pub fn normalize(df: DataFrame) -> Result<DataFrame, DataError> {
+    let fields = df.schema().fields().clone();
+    if !fields.iter().any(|f| storage_type(f.data_type()).is_some()) {
+        return Ok(df);
+    }
+    let exprs: Vec<Expr> = fields
+        .iter()
+        .map(|f| match storage_type(f.data_type()) {
+            Some(t) => cast(column(f.name()), t).alias(f.name()),
+            None => column(f.name()),
+        })
+        .collect();
+    df.select(exprs)
+        .map_err(|e| DataError::from_datafusion("converting column types", e))
+}
+
 /// Makes an engine error text shorter and plainer: drops the nesting prefixes.
 pub fn explain_error(text: &str) -> String {
     let mut t = text.trim();

@@ -7,12 +7,13 @@
 //! line and column).
 
 use super::{total_size, Source, SourceContext};
+use crate::data::types::{quote_ident, quote_literal};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
 use crate::tasks::BuildContext;
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::prelude::{CsvReadOptions, DataFrame, SessionContext};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::{cast, CsvReadOptions, DataFrame, SessionContext};
 use marked_yaml::Node;
 use serde::Deserialize;
 use std::io::{Read, Write};
@@ -29,6 +30,8 @@ pub struct CsvSource {
     escape: Option<u8>,
     comment: Option<u8>,
     null_regex: Option<String>,
+    /// Null markers other than the empty field (which the reader treats as null itself).
+    markers: Vec<String>,
     encoding: &'static encoding_rs::Encoding,
     infer_rows: usize,
     newlines_in_values: bool,
@@ -144,6 +147,7 @@ pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecErro
         escape,
         comment,
         null_regex,
+        markers: markers.into_iter().filter(|m| !m.is_empty()).collect(),
         encoding,
         infer_rows: spec.infer_rows.unwrap_or(10_000).max(1),
         newlines_in_values: spec.newlines_in_values.unwrap_or(false),
@@ -204,14 +208,51 @@ impl CsvSource {
             .iter()
             .map(|f| match columns.get(f.name()) {
                 Some(ct) if ct.format.is_none() => Field::new(f.name(), ct.data_type.clone(), true),
-                Some(_) => Field::new(f.name(), datafusion::arrow::datatypes::DataType::Utf8, true),
+                Some(_) => Field::new(f.name(), DataType::Utf8, true),
                 None => f.as_ref().clone().with_nullable(true),
             })
             .collect();
-        let schema = Schema::new(fields);
-        session
-            .read_csv(paths, self.options(Some(&schema)))
+        if self.markers.is_empty() {
+            let schema = Schema::new(fields);
+            return session
+                .read_csv(paths, self.options(Some(&schema)))
+                .await
+                .map_err(|e| DataError::from_datafusion(what(), e));
+        }
+        // DataFusion's CSV scan knows only the empty field as null: with other markers,
+        // every column is read as text, the markers become nulls, then the types apply.
+        let text = Schema::new(
+            fields
+                .iter()
+                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        );
+        let df = session
+            .read_csv(paths, self.options(Some(&text)))
             .await
+            .map_err(|e| DataError::from_datafusion(what(), e))?;
+        let list = self
+            .markers
+            .iter()
+            .map(|m| quote_literal(m))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut exprs = Vec::with_capacity(fields.len());
+        for f in &fields {
+            let name = quote_ident(f.name());
+            let e = df
+                .parse_sql_expr(&format!(
+                    "CASE WHEN {name} IN ({list}) THEN NULL ELSE {name} END"
+                ))
+                .map_err(|e| DataError::from_datafusion(what(), e))?;
+            let e = if *f.data_type() == DataType::Utf8 {
+                e
+            } else {
+                cast(e, f.data_type().clone())
+            };
+            exprs.push(e.alias(f.name()));
+        }
+        df.select(exprs)
             .map_err(|e| DataError::from_datafusion(what(), e))
     }
 }

@@ -4,6 +4,7 @@
 //! - `store`: the store conformance suite, on SQLite and on PostgreSQL.
 //! - `cli`: validation, listing, init, dry runs, params and error exit codes.
 //! - `engine`: retries, timeouts, critical failures, triggers, cancellation, kill -9 recovery.
+//! - `data`: extract, sql and load end to end; files read back with DuckDB and pyarrow.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
 //! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
@@ -13,6 +14,7 @@
 
 mod cli;
 mod common;
+mod data;
 mod engine;
 mod fuzz;
 mod server;

@@ -200,3 +200,36 @@ pub fn init_project(target: &Path) -> impl Fn(&[&str]) -> Run + '_ {
         )
     }
 }
+
+/// The Python that has DuckDB and pyarrow for reading back what cauce wrote:
+/// `CAUCE_TEST_PYTHON`, else the virtualenv `.ci/run` makes (`~/.cache/cauce/venv`).
+pub fn data_python() -> PathBuf {
+    if let Ok(p) = std::env::var("CAUCE_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let p = Path::new(&home).join(".cache/cauce/venv/bin/python");
+    assert!(
+        p.is_file(),
+        "the data tests read files back with DuckDB and pyarrow; `.ci/run` installs them, by hand: \
+         `python3 -m venv ~/.cache/cauce/venv && ~/.cache/cauce/venv/bin/pip install duckdb pyarrow openpyxl`"
+    );
+    p
+}
+
+/// Runs a Python program (with DuckDB, pyarrow and openpyxl importable) in `dir`; returns
+/// its standard output, panicking with its error output if it fails.
+pub fn py(dir: &Path, code: &str) -> String {
+    let out = Command::new(data_python())
+        .arg("-c")
+        .arg(code)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{code}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

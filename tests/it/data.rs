@@ -1,0 +1,191 @@
+//! The data plane end to end through the real binary: CSV in (delimiters, encodings,
+//! declared types), SQL transforms, the Parquet warehouse and CSV out; files read back with
+//! DuckDB and pyarrow; type errors located; partitions replaced on re-runs; incremental
+//! cursors that move only with a successful run.
+
+use crate::common::{latest_run, py, Project};
+
+const SALES: &str = "order_id,created_at,customer_email,sku,quantity,price,country,status
+1,2024-01-05 10:00:00,a@x.com,SKU1,2,10.50,ES,paid
+2,2024-01-05 11:00:00,b@x.com,SKU2,1,5.25,FR,cancelled
+3,2024-01-06 09:30:00,c@x.com,SKU1,3,10.50,ES,paid
+";
+
+fn warehouse_pipeline() -> &'static str {
+    r#"
+name: sales
+tasks:
+  raw:
+    extract:
+      source: csv
+      path: data/sales.csv
+      columns:
+        price: decimal(10,2)
+  clean:
+    depends_on: [raw]
+    sql: |
+      SELECT order_id, created_at, customer_email, quantity, price,
+             CAST(quantity * price AS DECIMAL(12,2)) AS total, country,
+             CAST(created_at AS DATE) AS day
+      FROM raw WHERE status <> 'cancelled'
+  save:
+    depends_on: [clean]
+    load:
+      sink: parquet
+      path: warehouse/sales/
+      partition_by: [day]
+"#
+}
+
+#[test]
+fn csv_to_partitioned_parquet_reads_back_with_types() {
+    let p = Project::new();
+    p.write("data/sales.csv", SALES);
+    p.pipeline("sales", warehouse_pipeline());
+    let r = p.run(&["run", "sales"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = py(
+        p.path(),
+        r#"
+import duckdb, pyarrow.dataset as ds
+t = ds.dataset('warehouse/sales', format='parquet', partitioning='hive').to_table()
+types = {f.name: str(f.type) for f in t.schema}
+print(types['created_at'], types['price'], types['total'], types['customer_email'])
+rows = duckdb.sql("select day, count(*), sum(total) from read_parquet('warehouse/sales/**/*.parquet', hive_partitioning=true) group by day order by day").fetchall()
+print(rows)
+"#,
+    );
+    let mut lines = out.lines();
+    let types = lines.next().unwrap();
+    assert!(types.starts_with("timestamp"), "{types}");
+    assert!(
+        types.contains("decimal128(10, 2) decimal128(12, 2)"),
+        "{types}"
+    );
+    assert!(types.ends_with("string"), "{types}");
+    let rows = lines.next().unwrap();
+    assert!(rows.contains("2024, 1, 5), 1, Decimal('21.00')"), "{rows}");
+    assert!(rows.contains("2024, 1, 6), 1, Decimal('31.50')"), "{rows}");
+    // The run's metrics count rows.
+    let status = p.status(&latest_run(&p));
+    let save = status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == "save")
+        .unwrap()
+        .clone();
+    assert_eq!(save["metrics"]["rows_out"], 2, "{save}");
+}
+
+#[test]
+fn rerunning_a_date_replaces_its_partitions() {
+    let p = Project::new();
+    p.write("data/sales.csv", SALES);
+    p.pipeline("sales", warehouse_pipeline());
+    assert_eq!(p.run(&["run", "sales"]).code, 0);
+    // The source changes for one day; the other day's partition is left alone.
+    p.write(
+        "data/sales.csv",
+        "order_id,created_at,customer_email,sku,quantity,price,country,status
+1,2024-01-05 10:00:00,a@x.com,SKU1,1,10.50,ES,paid
+4,2024-01-05 12:00:00,d@x.com,SKU1,1,1.00,ES,paid
+",
+    );
+    assert_eq!(p.run(&["run", "sales"]).code, 0);
+    let out = py(
+        p.path(),
+        "import duckdb\nprint(duckdb.sql(\"select day, count(*) from read_parquet('warehouse/sales/**/*.parquet', hive_partitioning=true) group by day order by day\").fetchall())",
+    );
+    assert!(out.contains("2024, 1, 5), 2)"), "{out}");
+    assert!(out.contains("2024, 1, 6), 1)"), "{out}");
+}
+
+#[test]
+fn latin1_semicolon_csv_with_formats_and_null_markers() {
+    let p = Project::new();
+    std::fs::create_dir_all(p.path().join("data")).unwrap();
+    // Windows-1252 bytes: é = 0xE9, ñ = 0xF1.
+    std::fs::write(
+        p.path().join("data/clientes.csv"),
+        b"id;nombre;alta;nota\n1;Jos\xe9;05/01/2024 10:30;NULL\n2;Mu\xf1oz;06/01/2024 08:00;vip\n",
+    )
+    .unwrap();
+    p.pipeline(
+        "clientes",
+        r#"
+tasks:
+  raw:
+    extract:
+      source: csv
+      path: data/clientes.csv
+      delimiter: ";"
+      encoding: latin1
+      null: ["NULL", ""]
+      columns:
+        alta: {type: timestamp, format: "%d/%m/%Y %H:%M"}
+  out:
+    depends_on: [raw]
+    load: {sink: parquet, path: out/clientes.parquet}
+"#,
+    );
+    let r = p.run(&["run", "clientes"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = py(
+        p.path(),
+        "import pyarrow.parquet as pq\nt = pq.read_table('out/clientes.parquet')\nprint(t.schema.field('alta').type)\nprint(t.column('nombre').to_pylist(), t.column('nota').to_pylist(), t.column('alta').to_pylist()[0])",
+    );
+    assert!(out.starts_with("timestamp[us]"), "{out}");
+    assert!(
+        out.contains("['José', 'Muñoz'] [None, 'vip'] 2024-01-05 10:30:00"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bad_value_is_reported_with_file_line_and_column() {
+    let p = Project::new();
+    p.write("data/a.csv", "id,qty\n1,2\n2,3\n");
+    p.write("data/b.csv", "id,qty\n3,4\n4,many\n");
+    p.pipeline(
+        "bad",
+        r#"
+tasks:
+  raw:
+    extract:
+      source: csv
+      path: data/*.csv
+      columns: {qty: int}
+"#,
+    );
+    let r = p.run(&["run", "bad"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let status = p.status(&latest_run(&p));
+    let err = status["tasks"][0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("b.csv"), "{err}");
+    assert!(err.contains("column `qty`"), "{err}");
+    assert!(err.contains("many"), "{err}");
+    assert!(err.contains("line "), "{err}");
+}
+
+#[test]
+fn unknown_sources_sinks_and_options_are_located_errors() {
+    let p = Project::new();
+    p.pipeline(
+        "typo",
+        "tasks:\n  a:\n    extract: {source: cvs, path: x.csv}\n  b:\n    depends_on: [a]\n    load: {sink: parquet, path: o/, partition_bye: [d]}\n  c:\n    load: {sink: csv, path: o.csv, from: a}\n",
+    );
+    let r = p.run(&["validate", "typo"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("unknown source `cvs`") && all.contains("did you mean `csv`"),
+        "{all}"
+    );
+    assert!(all.contains("partition_bye"), "{all}");
+    assert!(
+        all.contains("`from` names `a`, which is not in `depends_on`"),
+        "{all}"
+    );
+    assert!(all.contains("typo.yaml:3:"), "{all}");
+}
