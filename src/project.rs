@@ -95,8 +95,8 @@ fn parse_data_settings(
     };
     if let Some(m) = raw.max_memory {
         match crate::spec::size::parse_size(&m) {
-            Ok(n) if n >= 16 << 20 => s.max_memory = n,
-            Ok(_) => errors.push(err("max_memory", "must be at least 16MiB".into())),
+            Ok(n) if n >= 64 << 20 => s.max_memory = n,
+            Ok(_) => errors.push(err("max_memory", "must be at least 64MiB".into())),
             Err(e) => errors.push(err("max_memory", e)),
         }
     }

@@ -22,6 +22,22 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// A byte count for people: `950 B`, `12.3 KB`, `4.1 MB`, `2.0 GB` (powers of 1024).
+fn human_bytes(n: u64) -> String {
+    let units = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[i])
+    }
+}
+
 /// `cauce runs`.
 #[derive(Debug, Args)]
 pub struct RunsArgs {
@@ -125,8 +141,18 @@ pub async fn status(cx: Context, args: StatusArgs) -> anyhow::Result<i32> {
         outln!("error     {err}");
     }
     outln!("");
+    // Data tasks report rows and bytes; the columns appear when a task has them.
+    let data = tasks.iter().any(|t| t.metrics.is_some());
+    let data_head = if data {
+        format!(
+            " {:>10} {:>10} {:>9} {:>9}",
+            "rows in", "rows out", "read", "written"
+        )
+    } else {
+        String::new()
+    };
     outln!(
-        "{:<28} {:<10} {:>8} {:>10} {:>10}  error",
+        "{:<28} {:<10} {:>8} {:>10} {:>10}{data_head}  error",
         "task",
         "state",
         "attempts",
@@ -147,8 +173,27 @@ pub async fn status(cx: Context, args: StatusArgs) -> anyhow::Result<i32> {
             .and_then(|a| a.peak_rss_kb)
             .map(|kb| format!("{:.1} MB", kb as f64 / 1024.0))
             .unwrap_or_else(|| "-".into());
+        let data_cols = if data {
+            let m = |k: &str| {
+                t.metrics
+                    .as_ref()
+                    .and_then(|m| m.get(k))
+                    .and_then(|v| v.as_u64())
+            };
+            let count = |k: &str| m(k).map(|n| n.to_string()).unwrap_or_else(|| "-".into());
+            let bytes = |k: &str| m(k).map(human_bytes).unwrap_or_else(|| "-".into());
+            format!(
+                " {:>10} {:>10} {:>9} {:>9}",
+                count("rows_in"),
+                count("rows_out"),
+                bytes("bytes_read"),
+                bytes("bytes_written")
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "{:<28} {:<10} {:>8} {:>10} {:>10}  {}",
+            "{:<28} {:<10} {:>8} {:>10} {:>10}{data_cols}  {}",
             t.task_id,
             t.state.as_str(),
             t.attempts,

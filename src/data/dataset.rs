@@ -34,10 +34,24 @@ pub fn exists(run_data_dir: &Path, task_id: &str) -> bool {
     dir(run_data_dir, task_id).is_dir()
 }
 
-/// The Parquet options of datasets: zstd level 1 (fast to write, small to keep).
-fn dataset_options() -> TableParquetOptions {
-    let mut o = TableParquetOptions::default();
-    o.global.compression = Some("zstd(1)".into());
+/// Rows per Parquet row group in the files cauce writes: small enough that the writer's
+/// buffers stay well inside `data.max_memory`, large enough for fast scans.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// The Parquet options for writing `df`: the session's (row groups sized for the memory
+/// budget, see [`super::session`]) with `compression`.
+pub fn writer_options(df: &DataFrame, compression: &str) -> TableParquetOptions {
+    let mut o = TableParquetOptions {
+        global: df
+            .task_ctx()
+            .session_config()
+            .options()
+            .execution
+            .parquet
+            .clone(),
+        ..Default::default()
+    };
+    o.global.compression = Some(compression.to_string());
     o
 }
 
@@ -88,8 +102,9 @@ pub async fn write(
     let df = super::types::normalize(df)?;
     let schema = df.schema().inner().clone();
     let path = format!("{}/", tmp.display());
+    let opts = writer_options(&df, "zstd(1)");
     let result = df
-        .write_parquet(&path, DataFrameWriteOptions::new(), Some(dataset_options()))
+        .write_parquet(&path, DataFrameWriteOptions::new(), Some(opts))
         .await;
     let batches = match result {
         Ok(b) => b,
@@ -182,9 +197,10 @@ pub async fn read(
         .map_err(|e| DataError::from_datafusion(format!("reading the dataset of `{task_id}`"), e))
 }
 
-/// Removes the data folders of runs last written more than `keep` ago under `data_root`;
-/// returns how many it removed. Folders of runs still going are recent, so they stay.
-pub fn prune(data_root: &Path, keep: Duration) -> usize {
+/// Removes the data folders of runs last written more than `keep` ago under `data_root`,
+/// except `current`'s (a retried old run keeps its own); returns how many it removed.
+/// Folders of runs still going are recent, so they stay.
+pub fn prune(data_root: &Path, keep: Duration, current: &str) -> usize {
     let Ok(rd) = std::fs::read_dir(data_root) else {
         return 0;
     };
@@ -197,7 +213,11 @@ pub fn prune(data_root: &Path, keep: Duration) -> usize {
             .ok()
             .and_then(|t| now.duration_since(t).ok())
             .is_some_and(|age| age > keep);
-        if old && entry.path().is_dir() && std::fs::remove_dir_all(entry.path()).is_ok() {
+        if old
+            && entry.file_name() != current
+            && entry.path().is_dir()
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
             removed += 1;
         }
     }

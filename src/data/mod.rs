@@ -6,13 +6,13 @@
 //! [`crate::tasks`]. Nothing here touches the store.
 
 pub mod dataset;
+pub mod memory;
 pub mod stream;
 pub mod types;
 
 use crate::tasks::TaskError;
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use std::path::{Path, PathBuf};
@@ -60,7 +60,10 @@ impl DataError {
                 | DataFusionError::ObjectStore(_)
                 | DataFusionError::ResourcesExhausted(_)
         );
-        let text = types::explain_error(&root.to_string());
+        let mut text = types::explain_error(&root.to_string());
+        if matches!(root, DataFusionError::ResourcesExhausted(_)) {
+            text.push_str(" (the task needs more memory than `data.max_memory` allows: raise it in cauce.yaml, or lower `data.threads`)");
+        }
         if retryable {
             DataError::Io(format!("{what}: {text}"))
         } else {
@@ -107,12 +110,14 @@ impl Default for DataSettings {
 }
 
 /// A DataFusion session for one task attempt: memory bounded by `max_memory` (sorts,
-/// joins and aggregations spill into `spill_dir`), `threads` partitions.
+/// joins and aggregations spill into `spill_dir`; see [`memory`]), `threads` partitions.
 pub fn session(settings: &DataSettings, spill_dir: &Path) -> Result<SessionContext, DataError> {
     std::fs::create_dir_all(spill_dir)
         .map_err(|e| DataError::io(format!("cannot create {}", spill_dir.display()), e))?;
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(settings.max_memory as usize)))
+        .with_memory_pool(Arc::new(memory::SplitPool::new(
+            settings.max_memory as usize,
+        )))
         .with_disk_manager_builder(
             DiskManagerBuilder::default()
                 .with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
@@ -128,6 +133,19 @@ pub fn session(settings: &DataSettings, spill_dir: &Path) -> Result<SessionConte
     let options = config.options_mut();
     options.execution.parquet.schema_force_view_types = false;
     options.sql_parser.map_string_types_to_utf8view = false;
+    // As many files written at once as there are threads (each writer holds a row group's
+    // pages in memory).
+    if let Ok(n) = datafusion::config::ConfigNonZeroUsize::try_new(settings.threads.max(1)) {
+        options.execution.minimum_parallel_output_files = n;
+    }
+    // Parquet files are written by one encoder each, with row groups cut by rows and by
+    // bytes so that the writers' buffers fit their share of the memory budget.
+    let parquet = &mut options.execution.parquet;
+    parquet.allow_single_file_parallelism = false;
+    parquet.max_row_group_size = dataset::ROW_GROUP_ROWS;
+    let cap = (settings.max_memory as usize / memory::WRITER_SHARE / (4 * settings.threads.max(1)))
+        .clamp(1 << 20, 128 << 20);
+    parquet.max_row_group_bytes = datafusion::config::MaxRowGroupBytes::try_new(cap).ok();
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 

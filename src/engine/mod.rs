@@ -404,11 +404,23 @@ impl Engine {
         }
         let tasks = store.task_runs(run_id).await?;
         let to_reset: Vec<String> = match only {
-            None => tasks
-                .into_iter()
-                .filter(|t| t.state != TaskState::Success)
-                .map(|t| t.task_id)
-                .collect(),
+            None => {
+                // A succeeded data task whose dataset is gone (removed by `data.retention`)
+                // runs again, so what reads it downstream finds it.
+                let info = self.load_run(run_id).await?;
+                let data_dir = self.services.project.data_dir().join(run_id);
+                tasks
+                    .into_iter()
+                    .filter(|t| {
+                        t.state != TaskState::Success
+                            || info.pipeline.tasks.get(&t.task_id).is_some_and(|task| {
+                                task.action.produces_dataset()
+                                    && !crate::data::dataset::exists(&data_dir, &t.task_id)
+                            })
+                    })
+                    .map(|t| t.task_id)
+                    .collect()
+            }
             Some(task) => {
                 if !tasks.iter().any(|t| t.task_id == task) {
                     return Err(EngineError::Refused(format!(
@@ -562,6 +574,21 @@ impl Engine {
             .store
             .take_run(&run.id, &self.services.owner, now_ms())
             .await?;
+        if let Some(keep) = self.services.data.retention {
+            let root = self.services.project.data_dir();
+            let current = run.id.clone();
+            let removed = tokio::task::spawn_blocking(move || {
+                crate::data::dataset::prune(&root, keep, &current)
+            })
+            .await
+            .unwrap_or(0);
+            if removed > 0 {
+                tracing::info!(
+                    removed,
+                    "removed the datasets of runs older than data.retention"
+                );
+            }
+        }
         // Every event is also a structured log line (`CAUCE_LOG=info`, `--log-format json`),
         // and failures and retries are alerts.
         let run_id = run.id.clone();

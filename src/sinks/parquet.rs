@@ -13,7 +13,6 @@ use crate::data::DataError;
 use crate::spec::error::SpecError;
 use crate::tasks::BuildContext;
 use async_trait::async_trait;
-use datafusion::config::TableParquetOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
 use marked_yaml::Node;
 use serde::Deserialize;
@@ -164,8 +163,7 @@ impl Sink for ParquetSink {
                 .map_err(|e| DataError::io(format!("cannot create {}", parent.display()), e))?;
         }
         let staging = temp_beside(&target, "staging");
-        let mut opts = TableParquetOptions::default();
-        opts.global.compression = Some(self.compression.clone());
+        let opts = crate::data::dataset::writer_options(&input.frame, &self.compression);
         let write_opts = DataFrameWriteOptions::new()
             .with_single_file_output(single_file)
             .with_partition_by(self.partition_by.clone());

@@ -161,10 +161,10 @@ async fn max_cursor(
     if b.num_rows() == 0 || b.column(0).is_null(0) {
         return Ok(None);
     }
-    let v = datafusion::common::ScalarValue::try_from_array(b.column(0), 0)
-        .map_err(|e| DataError::from_datafusion("reading the cursor", e))?;
     // Timestamps print as `2024-01-05T10:00:00`, which casts back to the same type.
-    Ok(Some(v.to_string()))
+    datafusion::arrow::util::display::array_value_to_string(b.column(0), 0)
+        .map(Some)
+        .map_err(|e| DataError::io("reading the cursor", e))
 }
 
 #[async_trait]

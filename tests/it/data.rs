@@ -189,3 +189,193 @@ fn unknown_sources_sinks_and_options_are_located_errors() {
     );
     assert!(all.contains("typo.yaml:3:"), "{all}");
 }
+
+fn task<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["task_id"] == id)
+        .unwrap_or_else(|| panic!("no task {id} in {status}"))
+}
+
+#[test]
+fn incremental_cursor_moves_only_with_a_successful_run() {
+    let p = Project::new();
+    p.write(
+        "data/orders.csv",
+        "id,updated_at,amount\n1,2024-01-01 10:00:00,5\n2,2024-01-02 10:00:00,6\n",
+    );
+    p.pipeline(
+        "orders",
+        r#"
+tasks:
+  orders:
+    extract:
+      source: csv
+      path: data/orders.csv
+      incremental: {cursor: updated_at}
+  save:
+    depends_on: [orders]
+    load: {sink: csv, path: "{{ params.target }}"}
+params:
+  target: {default: out/orders.csv}
+"#,
+    );
+    assert_eq!(p.run(&["run", "orders"]).code, 0);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "orders")["metrics"]["rows_out"], 2);
+    assert_eq!(
+        task(&s, "orders")["output"]["watermark"]["value"],
+        "2024-01-02T10:00:00"
+    );
+    // New rows arrive; the load fails (its target is a folder): the cursor must stay.
+    p.write(
+        "data/orders.csv",
+        "id,updated_at,amount\n1,2024-01-01 10:00:00,5\n2,2024-01-02 10:00:00,6\n3,2024-01-03 10:00:00,7\n4,2024-01-04 10:00:00,8\n",
+    );
+    std::fs::create_dir_all(p.path().join("out/blocked.csv")).unwrap();
+    let r = p.run(&["run", "orders", "-p", "target=out/blocked.csv"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "orders")["metrics"]["rows_out"], 2);
+    assert_eq!(task(&s, "save")["state"], "failed");
+    // The next good run reads the same two rows again, and then the cursor moves.
+    assert_eq!(p.run(&["run", "orders"]).code, 0);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "orders")["metrics"]["rows_out"], 2);
+    assert_eq!(
+        task(&s, "orders")["output"]["watermark"]["value"],
+        "2024-01-04T10:00:00"
+    );
+    let out = p.read("out/orders.csv");
+    assert!(
+        out.contains("\n3,") && out.contains("\n4,") && !out.contains("\n1,"),
+        "{out}"
+    );
+    // Nothing new: an empty dataset, and the cursor stays where it was.
+    assert_eq!(p.run(&["run", "orders"]).code, 0);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "orders")["metrics"]["rows_out"], 0);
+    assert_eq!(
+        task(&s, "orders")["output"]["watermark"]["value"],
+        "2024-01-04T10:00:00"
+    );
+}
+
+#[test]
+fn a_failed_load_leaves_the_previous_file_whole() {
+    let p = Project::new();
+    p.write("data/a.csv", "id,qty\n1,2\n2,3\n");
+    p.pipeline(
+        "l",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: "data/{{ params.file }}", columns: {qty: int}}
+  save:
+    depends_on: [raw]
+    load: {sink: parquet, path: out/a.parquet}
+params:
+  file: {default: a.csv}
+"#,
+    );
+    assert_eq!(p.run(&["run", "l"]).code, 0);
+    let before = std::fs::read(p.path().join("out/a.parquet")).unwrap();
+    // A SQL error in a downstream query, and a source that fails: the file stays as it was.
+    p.write("data/b.csv", "id,qty\n1,x\n");
+    assert_eq!(p.run(&["run", "l", "-p", "file=b.csv"]).code, 1);
+    assert_eq!(
+        std::fs::read(p.path().join("out/a.parquet")).unwrap(),
+        before
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(p.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+}
+
+#[test]
+fn sql_params_are_bound_or_quoted_never_spliced() {
+    let p = Project::new();
+    p.write("data/c.csv", "name,country\nAna,ES\nBob,FR\nO'Hara,IE\n");
+    p.pipeline(
+        "q",
+        r#"
+params:
+  country: {default: ES}
+tasks:
+  raw:
+    extract: {source: csv, path: data/c.csv}
+  bound:
+    depends_on: [raw]
+    sql: "SELECT name FROM raw WHERE country = $country"
+  templated:
+    depends_on: [raw]
+    sql: "SELECT name FROM raw WHERE country = {{ params.country }}"
+  b_out:
+    depends_on: [bound]
+    load: {sink: csv, path: out/bound.csv}
+  t_out:
+    depends_on: [templated]
+    load: {sink: csv, path: out/templated.csv}
+"#,
+    );
+    let evil = "country=x' OR '1'='1";
+    let r = p.run(&["run", "q", "-p", evil]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(p.read("out/bound.csv").trim(), "name");
+    assert_eq!(p.read("out/templated.csv").trim(), "name");
+    assert_eq!(p.run(&["run", "q", "-p", "country=IE"]).code, 0);
+    assert_eq!(p.read("out/bound.csv").trim(), "name\nO'Hara");
+    assert_eq!(p.read("out/templated.csv").trim(), "name\nO'Hara");
+    // Statements other than queries are refused.
+    p.pipeline(
+        "ddl",
+        "tasks:\n  x:\n    sql: \"CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'\"\n",
+    );
+    let r = p.run(&["run", "ddl"]);
+    assert_eq!(r.code, 1);
+    let s = p.status(&latest_run(&p));
+    assert!(
+        task(&s, "x")["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("ddl"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_sort_larger_than_max_memory_spills_and_completes() {
+    let p = Project::new();
+    p.write(
+        "cauce.yaml",
+        "name: test\nkill_grace: 1s\ndata:\n  max_memory: 64MiB\n  threads: 2\n",
+    );
+    // About 110 MB of text: more than the 64 MiB the query engine may hold.
+    let mut csv = String::with_capacity(112_000_000);
+    csv.push_str("id,key,payload\n");
+    for i in 0..1_000_000u64 {
+        let key = (i * 2_654_435_761) % 1_000_003;
+        csv.push_str(&format!("{i},{key},{:0>80}\n", i));
+    }
+    p.write("data/big.csv", &csv);
+    p.pipeline(
+        "big",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/big.csv}
+  sorted:
+    depends_on: [raw]
+    sql: "SELECT * FROM raw ORDER BY key, id"
+"#,
+    );
+    let r = p.run(&["run", "big"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "sorted")["metrics"]["rows_out"], 1_000_000);
+}
