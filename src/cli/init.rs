@@ -1,6 +1,7 @@
 //! `cauce init [DIR]`: writes a runnable example project (the files of
-//! `examples/quickstart/`, embedded in the binary): a daily sales pipeline over a shipped
-//! CSV, a master pipeline that runs it, Python ETL functions, and a seed-001 style JSON config.
+//! `examples/quickstart/`, embedded in the binary): a sales warehouse (shipped CSV exports
+//! into a Parquet warehouse, with SQL), a daily sales pipeline of Python functions, a master
+//! pipeline that runs it, and a seed-001 style JSON config.
 
 use super::UserError;
 use clap::Args;
@@ -17,40 +18,64 @@ pub struct InitArgs {
     pub force: bool,
 }
 
-const FILES: &[(&str, &str)] = &[
+const FILES: &[(&str, &[u8])] = &[
     (
         "cauce.yaml",
-        include_str!("../../examples/quickstart/cauce.yaml"),
+        include_bytes!("../../examples/quickstart/cauce.yaml"),
     ),
     (
         "pipelines/daily_sales.yaml",
-        include_str!("../../examples/quickstart/pipelines/daily_sales.yaml"),
+        include_bytes!("../../examples/quickstart/pipelines/daily_sales.yaml"),
     ),
     (
         "pipelines/master.yaml",
-        include_str!("../../examples/quickstart/pipelines/master.yaml"),
+        include_bytes!("../../examples/quickstart/pipelines/master.yaml"),
     ),
     (
         "etl/__init__.py",
-        include_str!("../../examples/quickstart/etl/__init__.py"),
+        include_bytes!("../../examples/quickstart/etl/__init__.py"),
     ),
     (
         "etl/sales.py",
-        include_str!("../../examples/quickstart/etl/sales.py"),
+        include_bytes!("../../examples/quickstart/etl/sales.py"),
     ),
     (
         "etl/legacy.py",
-        include_str!("../../examples/quickstart/etl/legacy.py"),
+        include_bytes!("../../examples/quickstart/etl/legacy.py"),
     ),
     (
         "data/sales.csv",
-        include_str!("../../examples/quickstart/data/sales.csv"),
+        include_bytes!("../../examples/quickstart/data/sales.csv"),
     ),
     (
         "etl_config.json",
-        include_str!("../../examples/quickstart/etl_config.json"),
+        include_bytes!("../../examples/quickstart/etl_config.json"),
     ),
-    (".gitignore", ".cauce/\nresults/\n.env\n"),
+    (
+        "pipelines/sales_warehouse.yaml",
+        include_bytes!("../../examples/quickstart/pipelines/sales_warehouse.yaml"),
+    ),
+    (
+        "data/ventas/ventas_2024-09-16.csv",
+        include_bytes!("../../examples/quickstart/data/ventas/ventas_2024-09-16.csv"),
+    ),
+    (
+        "data/ventas/ventas_2024-09-17.csv",
+        include_bytes!("../../examples/quickstart/data/ventas/ventas_2024-09-17.csv"),
+    ),
+    (
+        "data/ventas/ventas_2024-09-18.csv",
+        include_bytes!("../../examples/quickstart/data/ventas/ventas_2024-09-18.csv"),
+    ),
+    (
+        "data/clientes.csv",
+        include_bytes!("../../examples/quickstart/data/clientes.csv"),
+    ),
+    (
+        "data/productos.csv",
+        include_bytes!("../../examples/quickstart/data/productos.csv"),
+    ),
+    (".gitignore", b".cauce/\nresults/\nwarehouse/\n.env\n"),
 ];
 
 /// `cauce init`.
@@ -86,7 +111,8 @@ pub fn run(args: &InitArgs) -> anyhow::Result<i32> {
     }
     let dir = args.dir.display();
     outln!("created a cauce project in {dir}");
-    outln!("  run it:        cauce --project {dir} run daily_sales");
+    outln!("  run it:        cauce --project {dir} run sales_warehouse");
+    outln!("  Python ETL:    cauce --project {dir} run daily_sales");
     outln!("  seed-001 JSON: cauce --project {dir} run --config {dir}/etl_config.json --workflow full_etl");
     outln!("  see runs:      cauce --project {dir} runs");
     outln!("  serve the API: cauce --project {dir} server   (operator token in {dir}/.env)");

@@ -77,7 +77,13 @@ pub fn parse_type(text: &str) -> Result<DataType, String> {
             .strip_prefix('(')
             .and_then(|a| a.strip_suffix(')'))
             .ok_or_else(|| {
-                format!("invalid type `{text}`; write decimal(P,S), such as decimal(10,2)")
+                if args.contains(')') {
+                    format!("invalid type `{text}`; write decimal(P,S), such as decimal(10,2)")
+                } else {
+                    format!(
+                        "invalid type `{text}`: inside a `{{...}}` mapping YAML splits at the comma; quote it: \"decimal(10,2)\""
+                    )
+                }
             })?;
         let mut parts = inner.split(',').map(|p| p.trim().parse::<u8>());
         let p = parts.next().and_then(|r| r.ok());
