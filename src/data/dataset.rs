@@ -91,6 +91,33 @@ pub fn temp_beside(target: &Path, tag: &str) -> PathBuf {
     target.with_file_name(format!(".{tag}-{name}-{}-{nanos}", std::process::id()))
 }
 
+/// A temporary file or folder, removed when dropped: on success it has been renamed away
+/// (and there is nothing left to remove); on failure, cancellation or a panic it goes.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Guards `path`.
+    pub fn new(path: PathBuf) -> Scratch {
+        Scratch(path)
+    }
+
+    /// The guarded path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
 /// Writes `df` as the dataset of `task_id`, replacing any earlier one whole.
 pub async fn write(
     df: DataFrame,
@@ -98,28 +125,23 @@ pub async fn write(
     task_id: &str,
 ) -> Result<Written, DataError> {
     let target = dir(run_data_dir, task_id);
-    let tmp = temp_beside(&target, "tmp");
+    let guard = Scratch::new(temp_beside(&target, "tmp"));
+    let tmp = guard.path();
     let df = super::types::normalize(df)?;
     let schema = df.schema().inner().clone();
     let path = format!("{}/", tmp.display());
     let opts = writer_options(&df, "zstd(1)");
-    let result = df
+    let batches = df
         .write_parquet(&path, DataFrameWriteOptions::new(), Some(opts))
-        .await;
-    let batches = match result {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(DataError::from_datafusion("writing the dataset", e));
-        }
-    };
+        .await
+        .map_err(|e| DataError::from_datafusion("writing the dataset", e))?;
     let rows = count_rows(&batches);
     // An empty result writes no file; keep its schema in one empty file so readers see
     // the columns.
-    if !has_parquet(&tmp) {
-        write_empty(&tmp, schema)?;
+    if !has_parquet(tmp) {
+        write_empty(tmp, schema)?;
     }
-    replace_dir(&tmp, &target)?;
+    replace_dir(tmp, &target)?;
     Ok(Written {
         rows,
         bytes: size_of(&target),

@@ -2,7 +2,7 @@
 //! reader never sees half a file. Options: `path` (templated), `delimiter`, `header`.
 
 use super::{single, Input, Sink, SinkContext};
-use crate::data::dataset::{count_rows, size_of, temp_beside, Written};
+use crate::data::dataset::{count_rows, size_of, temp_beside, Scratch, Written};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
 use crate::tasks::BuildContext;
@@ -11,6 +11,7 @@ use datafusion::config::CsvOptions;
 use datafusion::dataframe::DataFrameWriteOptions;
 use marked_yaml::Node;
 use serde::Deserialize;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The `csv` sink.
@@ -63,38 +64,30 @@ impl Sink for CsvSink {
             std::fs::create_dir_all(parent)
                 .map_err(|e| DataError::io(format!("cannot create {}", parent.display()), e))?;
         }
-        let tmp = temp_beside(&target, "tmp");
-        let tmp_file = format!("{}.csv", tmp.display());
+        let tmp = Scratch::new(PathBuf::from(format!(
+            "{}.csv",
+            temp_beside(&target, "tmp").display()
+        )));
+        let tmp_file = tmp.path().display().to_string();
         let opts = CsvOptions::default()
             .with_delimiter(self.delimiter)
             .with_has_header(self.header);
-        let result = input
+        let batches = input
             .frame
             .write_csv(
                 &tmp_file,
                 DataFrameWriteOptions::new().with_single_file_output(true),
                 Some(opts),
             )
-            .await;
-        let batches = match result {
-            Ok(b) => b,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp_file);
-                return Err(DataError::from_datafusion(
-                    format!("writing {}", target.display()),
-                    e,
-                ));
-            }
-        };
-        if !std::path::Path::new(&tmp_file).exists() {
-            std::fs::write(&tmp_file, b"")
+            .await
+            .map_err(|e| DataError::from_datafusion(format!("writing {}", target.display()), e))?;
+        if !tmp.path().exists() {
+            std::fs::write(tmp.path(), b"")
                 .map_err(|e| DataError::io(format!("writing {}", target.display()), e))?;
         }
-        let bytes = size_of(std::path::Path::new(&tmp_file));
-        std::fs::rename(&tmp_file, &target).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp_file);
-            DataError::io(format!("cannot rename into {}", target.display()), e)
-        })?;
+        let bytes = size_of(tmp.path());
+        std::fs::rename(tmp.path(), &target)
+            .map_err(|e| DataError::io(format!("cannot rename into {}", target.display()), e))?;
         Ok(Written {
             rows: count_rows(&batches),
             bytes,

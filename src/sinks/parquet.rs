@@ -8,7 +8,7 @@
 //! files in beside the old ones. Compression is zstd unless `compression` says otherwise.
 
 use super::{single, Input, Sink, SinkContext};
-use crate::data::dataset::{count_rows, replace_dir, size_of, temp_beside, Written};
+use crate::data::dataset::{count_rows, replace_dir, size_of, temp_beside, Scratch, Written};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
 use crate::tasks::BuildContext;
@@ -162,72 +162,55 @@ impl Sink for ParquetSink {
             std::fs::create_dir_all(parent)
                 .map_err(|e| DataError::io(format!("cannot create {}", parent.display()), e))?;
         }
-        let staging = temp_beside(&target, "staging");
+        // Removed however the load ends; on success its contents were renamed away.
+        let staging_dir = Scratch::new(temp_beside(&target, "staging"));
+        let staging = staging_dir.path();
+        let staging_file = Scratch::new(PathBuf::from(format!("{}.parquet", staging.display())));
         let opts = crate::data::dataset::writer_options(&input.frame, &self.compression);
         let write_opts = DataFrameWriteOptions::new()
             .with_single_file_output(single_file)
             .with_partition_by(self.partition_by.clone());
         let dest = if single_file {
-            staging.display().to_string() + ".parquet"
+            staging_file.path().display().to_string()
         } else {
             format!("{}/", staging.display())
         };
-        let result = input
+        let batches = input
             .frame
             .write_parquet(&dest, write_opts, Some(opts))
-            .await;
-        let cleanup = || {
-            let _ = std::fs::remove_dir_all(&staging);
-            let _ = std::fs::remove_file(staging.display().to_string() + ".parquet");
-        };
-        let batches = match result {
-            Ok(b) => b,
-            Err(e) => {
-                cleanup();
-                return Err(DataError::from_datafusion(
-                    format!("writing {}", target.display()),
-                    e,
-                ));
-            }
-        };
+            .await
+            .map_err(|e| DataError::from_datafusion(format!("writing {}", target.display()), e))?;
         let rows = count_rows(&batches);
         if single_file {
-            let file = PathBuf::from(dest);
-            let bytes = size_of(&file);
+            let file = staging_file.path();
             if !file.exists() {
                 // No rows: still leave a file with the columns.
-                crate::data::dataset::write_empty(&staging, schema.inner().clone())?;
-                std::fs::rename(staging.join("empty.parquet"), &file)
+                crate::data::dataset::write_empty(staging, schema.inner().clone())?;
+                std::fs::rename(staging.join("empty.parquet"), file)
                     .map_err(|e| DataError::io("writing an empty file", e))?;
-                let _ = std::fs::remove_dir_all(&staging);
             }
-            std::fs::rename(&file, &target).map_err(|e| {
-                cleanup();
+            let bytes = size_of(file);
+            std::fs::rename(file, &target).map_err(|e| {
                 DataError::io(format!("cannot rename into {}", target.display()), e)
             })?;
             return Ok(Written { rows, bytes });
         }
-        let bytes = size_of(&staging);
-        let outcome = (|| {
-            if !staging.exists() {
-                if self.partition_by.is_empty() && self.mode == FileMode::Replace {
-                    crate::data::dataset::write_empty(&staging, schema.inner().clone())?;
-                } else {
-                    return Ok(()); // nothing to add
-                }
+        if !staging.exists() {
+            if self.partition_by.is_empty() && self.mode == FileMode::Replace {
+                crate::data::dataset::write_empty(staging, schema.inner().clone())?;
+            } else {
+                return Ok(Written { rows, bytes: 0 }); // nothing to add
             }
-            let depth = self.partition_by.len();
-            for leaf in leaves(&staging, depth) {
-                let rel = leaf.strip_prefix(&staging).unwrap_or(Path::new(""));
-                let dest = target.join(rel);
-                match self.mode {
-                    FileMode::Replace => replace_dir(&leaf, &dest)?,
-                    FileMode::Append => move_files(&leaf, &dest)?,
-                }
+        }
+        let bytes = size_of(staging);
+        for leaf in leaves(staging, self.partition_by.len()) {
+            let rel = leaf.strip_prefix(staging).unwrap_or(Path::new(""));
+            let dest = target.join(rel);
+            match self.mode {
+                FileMode::Replace => replace_dir(&leaf, &dest)?,
+                FileMode::Append => move_files(&leaf, &dest)?,
             }
-            Ok(())
-        })();
-        cleanup();
-        outcome.map(|()| Written { rows, bytes })
+        }
+        Ok(Written { rows, bytes })
     }
 }

@@ -5,6 +5,7 @@
 //! commits it only when the whole run succeeds). Every other key belongs to the source.
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
+use crate::data::dataset::Scratch;
 use crate::data::types::{self, ColumnType, RawColumn};
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::sources::{Source, SourceContext, SOURCES};
@@ -190,11 +191,13 @@ impl TaskKind for ExtractTask {
     }
 
     async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
-        let spill = spill_dir(&ctx.data_dir, &ctx.task_id);
-        let scratch = ctx
-            .data_dir
-            .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt));
-        let session = session(&ctx.data, &spill)?;
+        // Both removed however the attempt ends.
+        let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
+        let scratch = Scratch::new(
+            ctx.data_dir
+                .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt)),
+        );
+        let session = session(&ctx.data, spill.path())?;
         let previous = self.incremental.as_ref().and_then(|i| {
             (!ctx.vars.watermark.is_null())
                 .then(|| ctx.vars.watermark.clone())
@@ -206,7 +209,7 @@ impl TaskKind for ExtractTask {
             columns: &self.columns,
             watermark: previous.as_ref(),
             bytes_read: Arc::new(AtomicU64::new(0)),
-            scratch: scratch.clone(),
+            scratch: scratch.path().to_path_buf(),
         };
         ctx.log.note(&format!(
             "reading {} ({})",
@@ -234,8 +237,6 @@ impl TaskKind for ExtractTask {
             Ok(w) => Ok(w),
             Err(e) => Err(self.source.explain(&sx, e).await),
         };
-        let _ = std::fs::remove_dir_all(&scratch);
-        let _ = std::fs::remove_dir_all(&spill);
         let written = result?;
         let bytes_read = sx.bytes_read.load(Ordering::Relaxed);
         ctx.log.note(&format!(

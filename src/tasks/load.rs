@@ -4,6 +4,7 @@
 //! atomic is each sink's business; this kind streams the datasets to it and counts.
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
+use crate::data::dataset::Scratch;
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::sinks::{Input, Sink, SinkContext, SINKS};
 use crate::spec::error::{suggestion, SpecError};
@@ -132,11 +133,13 @@ impl TaskKind for LoadTask {
         } else {
             self.from.clone()
         };
-        let spill = spill_dir(&ctx.data_dir, &ctx.task_id);
-        let scratch = ctx
-            .data_dir
-            .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt));
-        let session = session(&ctx.data, &spill)?;
+        // Both removed however the attempt ends.
+        let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
+        let scratch = Scratch::new(
+            ctx.data_dir
+                .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt)),
+        );
+        let session = session(&ctx.data, spill.path())?;
         let mut inputs = Vec::with_capacity(from.len());
         let mut bytes_read = 0;
         for name in &from {
@@ -149,7 +152,7 @@ impl TaskKind for LoadTask {
         let sx = SinkContext {
             task: ctx,
             session: &session,
-            scratch: scratch.clone(),
+            scratch: scratch.path().to_path_buf(),
         };
         ctx.log.note(&format!(
             "loading {} into {} ({})",
@@ -161,8 +164,6 @@ impl TaskKind for LoadTask {
             r = self.sink.write(&sx, inputs) => r,
             _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
         };
-        let _ = std::fs::remove_dir_all(&scratch);
-        let _ = std::fs::remove_dir_all(&spill);
         let written = result?;
         ctx.log.note(&format!(
             "{} rows, {} bytes written",

@@ -6,6 +6,7 @@
 //! files or change settings are refused.
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
+use crate::data::dataset::Scratch;
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::spec::error::SpecError;
 use crate::template::Escape;
@@ -125,8 +126,8 @@ impl TaskKind for SqlTask {
             _ => return Err(TaskError::Invalid("no query".into())),
         };
         let query = ctx.render(&text, Escape::Sql)?;
-        let spill = spill_dir(&ctx.data_dir, &ctx.task_id);
-        let session = session(&ctx.data, &spill)?;
+        let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
+        let session = session(&ctx.data, spill.path())?;
         let tables = register_upstream(&session, &ctx.data_dir, &ctx.upstream).await?;
         ctx.log.note(&format!(
             "tables: {}",
@@ -163,7 +164,6 @@ impl TaskKind for SqlTask {
             r = work => r,
             _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
         };
-        let _ = std::fs::remove_dir_all(&spill);
         let written = result?;
         ctx.log.note(&format!(
             "{} rows, dataset {} bytes",

@@ -416,3 +416,73 @@ print(con.sql("select sum(pedidos) from read_csv('results/resumen_por_region.csv
     );
     assert_eq!(lines[3], "[(185,)]", "{out}");
 }
+
+#[test]
+fn an_interrupted_load_leaves_the_target_and_the_cursor_as_they_were() {
+    use std::time::{Duration, Instant};
+    let p = Project::new();
+    p.write(
+        "data/o.csv",
+        "id,updated_at,note\n1,2024-01-01 00:00:01,a\n2,2024-01-01 00:00:02,b\n",
+    );
+    p.pipeline(
+        "o",
+        r#"
+tasks:
+  orders:
+    extract: {source: csv, path: data/o.csv, incremental: {cursor: updated_at}}
+  save:
+    depends_on: [orders]
+    load: {sink: parquet, path: out/o.parquet}
+"#,
+    );
+    assert_eq!(p.run(&["run", "o"]).code, 0);
+    let before = std::fs::read(p.path().join("out/o.parquet")).unwrap();
+    // Many new rows, so that the load takes a while; Ctrl-C once it is writing.
+    let mut csv = String::from("id,updated_at,note\n");
+    for i in 0..1_500_000u64 {
+        csv.push_str(&format!(
+            "{},2024-02-{:02} {:02}:{:02}:{:02},row {i} with some text to make it wider\n",
+            i + 3,
+            1 + i % 28,
+            i / 3600 % 24,
+            i / 60 % 60,
+            i % 60
+        ));
+    }
+    p.write("data/o.csv", &csv);
+    let child = p.spawn(&["run", "o"]);
+    let pid = child.id();
+    let start = Instant::now();
+    let writing = |p: &Project| {
+        std::fs::read_dir(p.path().join("out")).is_ok_and(|rd| {
+            rd.filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        })
+    };
+    while !writing(&p) {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the load never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    crate::common::signal(pid, "INT");
+    let r = crate::common::wait_with_limit(child, Duration::from_secs(30));
+    assert_eq!(r.code, 130, "{}{}", r.stdout, r.stderr);
+    assert_eq!(
+        std::fs::read(p.path().join("out/o.parquet")).unwrap(),
+        before
+    );
+    let names: Vec<String> = std::fs::read_dir(p.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["o.parquet".to_string()], "staging left behind");
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "save")["state"], "cancelled", "{s}");
+    // The cursor did not move: the next run reads every new row.
+    assert_eq!(p.run(&["run", "o"]).code, 0);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(task(&s, "orders")["metrics"]["rows_out"], 1_500_000);
+}
