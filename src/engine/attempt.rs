@@ -103,10 +103,10 @@ pub async fn run_attempt(
         watermark: serde_json::Value::Null,
     };
     let mut vars = vars;
-    if task.action.incremental() {
+    if let Some(initial) = task.action.watermark_initial() {
         match services.store.watermark(&run.pipeline.name, &task.id).await {
             Ok(Some(v)) => vars.watermark = v,
-            Ok(None) => {}
+            Ok(None) => vars.watermark = initial,
             Err(e) => {
                 return AttemptOutcome {
                     attempt,

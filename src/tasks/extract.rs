@@ -182,8 +182,10 @@ impl TaskKind for ExtractTask {
         self.source.check(base_dir)
     }
 
-    fn incremental(&self) -> bool {
-        self.incremental.is_some()
+    fn watermark_initial(&self) -> Option<serde_json::Value> {
+        self.incremental
+            .as_ref()
+            .map(|i| i.initial.clone().unwrap_or(serde_json::Value::Null))
     }
 
     fn produces_dataset(&self) -> bool {
@@ -198,11 +200,11 @@ impl TaskKind for ExtractTask {
                 .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt)),
         );
         let session = session(&ctx.data, spill.path())?;
-        let previous = self.incremental.as_ref().and_then(|i| {
-            (!ctx.vars.watermark.is_null())
-                .then(|| ctx.vars.watermark.clone())
-                .or_else(|| i.initial.clone())
-        });
+        // The engine gave the last committed cursor, or `initial`.
+        let previous = self
+            .incremental
+            .as_ref()
+            .and_then(|_| (!ctx.vars.watermark.is_null()).then(|| ctx.vars.watermark.clone()));
         let sx = SourceContext {
             task: ctx,
             session: &session,

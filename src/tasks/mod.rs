@@ -282,10 +282,11 @@ pub trait TaskKind: Send + Sync + Debug {
         Vec::new()
     }
 
-    /// Whether it keeps an incremental cursor (the engine then looks up the last value and
-    /// gives it as `watermark`).
-    fn incremental(&self) -> bool {
-        false
+    /// For a task that keeps an incremental cursor: the value before its first successful
+    /// run (`Null` when none). The engine looks up the last committed value and gives it,
+    /// or this one, as the `watermark` template variable. `None` for other tasks.
+    fn watermark_initial(&self) -> Option<serde_json::Value> {
+        None
     }
 
     /// Whether a successful attempt leaves a dataset for the tasks downstream.
