@@ -609,6 +609,56 @@ async fn one_leader_at_a_time(s: &dyn Store) {
     assert!(s.try_lead("scheduler", "a", lease, 12_200).await.unwrap());
 }
 
+async fn watermarks_move_with_the_run_that_reached_them(s: &dyn Store) {
+    use cauce::store::Watermark;
+    let w = |task: &str, v: serde_json::Value| Watermark {
+        task_id: task.into(),
+        value: v,
+    };
+    assert_eq!(s.watermark("p", "a").await.unwrap(), None);
+    s.create_run(&new_run("r1", &["a"]), 1000).await.unwrap();
+    s.finish_run(
+        "r1",
+        RunState::Success,
+        None,
+        &[w("a", serde_json::json!("2024-01-02T10:00:00"))],
+        2000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.watermark("p", "a").await.unwrap(),
+        Some(serde_json::json!("2024-01-02T10:00:00"))
+    );
+    // A later run moves it again; numbers stay numbers.
+    s.create_run(&new_run("r2", &["a", "b"]), 3000)
+        .await
+        .unwrap();
+    s.finish_run(
+        "r2",
+        RunState::Success,
+        None,
+        &[
+            w("a", serde_json::json!("2024-01-03T00:00:00")),
+            w("b", serde_json::json!(42)),
+        ],
+        4000,
+    )
+    .await
+    .unwrap();
+    let all = s.watermarks("p").await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|r| (r.task_id.as_str(), r.value.clone(), r.run_id.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            ("a", serde_json::json!("2024-01-03T00:00:00"), "r2"),
+            ("b", serde_json::json!(42), "r2")
+        ]
+    );
+    assert!(s.watermarks("other").await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod sqlite_backend {
@@ -634,7 +684,8 @@ conformance!(
     results_and_claims_share_a_transaction,
     schedule_marks_move_by_compare_and_set,
     pages_filters_sla_marks_and_stats,
-    one_leader_at_a_time
+    one_leader_at_a_time,
+    watermarks_move_with_the_run_that_reached_them
 );
 
 /// A store made by the first release (schema 1) is upgraded in place, its runs kept.
