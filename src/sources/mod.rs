@@ -7,6 +7,9 @@
 //! nothing and never touch the store.
 
 pub mod csv;
+pub mod json;
+pub mod parquet;
+pub mod xlsx;
 
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -26,7 +29,13 @@ use std::sync::Arc;
 pub type BuildFn = fn(&Node, &BuildContext) -> Result<Arc<dyn Source>, SpecError>;
 
 /// The registry of sources: the `source:` name in an extract, and its build function.
-pub const SOURCES: &[(&str, BuildFn)] = &[("csv", csv::build)];
+pub const SOURCES: &[(&str, BuildFn)] = &[
+    ("csv", csv::build),
+    ("json", json::build),
+    ("ndjson", json::build_ndjson),
+    ("parquet", parquet::build),
+    ("xlsx", xlsx::build),
+];
 
 /// What a source may use while it reads.
 pub struct SourceContext<'a> {
