@@ -562,6 +562,8 @@ impl Walk<'_> {
 struct Plan {
     names: Vec<String>,
     kinds: Vec<Kind>,
+    /// The declared type of each column, as written (`None`: inferred).
+    declared: Vec<Option<String>>,
 }
 
 impl Plan {
@@ -632,6 +634,7 @@ fn infer(
                 .values()
                 .map(|t| Kind::for_declared(t).unwrap_or(Kind::Text))
                 .collect(),
+            declared: declared.values().map(|t| Some(t.written.clone())).collect(),
         });
     }
     let names: Vec<String> = seen.keys().cloned().collect();
@@ -644,7 +647,15 @@ fn infer(
                 .unwrap_or_else(|| s.kind())
         })
         .collect();
-    Ok(Plan { names, kinds })
+    let written = names
+        .iter()
+        .map(|n| declared.get(n).map(|t| t.written.clone()))
+        .collect();
+    Ok(Plan {
+        names,
+        kinds,
+        declared: written,
+    })
 }
 
 /// One column being built.
@@ -775,10 +786,15 @@ impl Emitter {
                     shown.truncate(cut);
                     shown.push('…');
                 }
-                at.error(format!(
-                    "field `{name}` is {shown}, but the column holds {want} ({}, inferred from {infer_hint}); declare its type in `columns` (such as `{name}: string`) or raise `infer_rows`",
-                    plan.kinds[i].data_type()
-                ))
+                match &plan.declared[i] {
+                    Some(t) => at.error(format!(
+                        "field `{name}` is {shown}, but the column is declared `{t}`, which takes {want}"
+                    )),
+                    None => at.error(format!(
+                        "field `{name}` is {shown}, but the column holds {want} ({}, inferred from {infer_hint}); declare its type in `columns` (such as `{name}: string`) or raise `infer_rows`",
+                        plan.kinds[i].data_type()
+                    )),
+                }
             })?;
             filled[i] = true;
             Ok(())
