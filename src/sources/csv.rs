@@ -4,7 +4,9 @@
 //! transcoded to UTF-8 as they are read, and a UTF-8 byte-order mark is dropped), schema
 //! inference over the first `infer_rows` rows with the extract's `columns` applied on read
 //! (so a `decimal(10,2)` is parsed as a decimal, and a bad value is reported with its file,
-//! line and column).
+//! line and column). `decimal_comma: true` reads the declared numeric columns the Spanish
+//! way (`1.234,50`: `.` groups thousands, `,` marks decimals): they are read as text, the
+//! dots dropped and the comma turned into a point, then cast.
 
 use super::{total_size, Source, SourceContext};
 use crate::data::types::{quote_ident, quote_literal};
@@ -35,6 +37,7 @@ pub struct CsvSource {
     encoding: &'static encoding_rs::Encoding,
     infer_rows: usize,
     newlines_in_values: bool,
+    decimal_comma: bool,
 }
 
 #[derive(Deserialize)]
@@ -57,6 +60,7 @@ struct CsvSpec {
     encoding: Option<String>,
     infer_rows: Option<usize>,
     newlines_in_values: Option<bool>,
+    decimal_comma: Option<bool>,
 }
 
 fn one_byte(cx: &BuildContext, node: &Node, key: &str, v: &str) -> Result<u8, SpecError> {
@@ -86,7 +90,7 @@ fn regex_escape(s: &str) -> String {
 }
 
 /// Builds from `path`, `delimiter`, `header`, `quote`, `escape`, `comment`, `null`,
-/// `encoding`, `infer_rows`, `newlines_in_values`.
+/// `encoding`, `infer_rows`, `newlines_in_values`, `decimal_comma`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
     let spec: CsvSpec = cx.decode(node)?;
     let delimiter = match &spec.delimiter {
@@ -151,6 +155,7 @@ pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecErro
         encoding,
         infer_rows: spec.infer_rows.unwrap_or(10_000).max(1),
         newlines_in_values: spec.newlines_in_values.unwrap_or(false),
+        decimal_comma: spec.decimal_comma.unwrap_or(false),
     }))
 }
 
@@ -189,11 +194,83 @@ impl CsvSource {
         Ok(out)
     }
 
+    /// The declared numeric columns read with a decimal comma, and their types.
+    fn comma_columns(
+        &self,
+        columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+    ) -> Vec<(String, DataType)> {
+        if !self.decimal_comma {
+            return vec![];
+        }
+        columns
+            .iter()
+            .filter(|(_, ct)| ct.data_type.is_numeric())
+            .map(|(n, ct)| (n.clone(), ct.data_type.clone()))
+            .collect()
+    }
+
     async fn frame(
         &self,
         session: &SessionContext,
         paths: Vec<String>,
         columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+    ) -> Result<DataFrame, DataError> {
+        let comma = self.comma_columns(columns);
+        let df = self.frame_text(session, paths, columns, &comma).await?;
+        if comma.is_empty() {
+            return Ok(df);
+        }
+        let exprs: Vec<_> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match comma.iter().find(|(n, _)| n == f.name()) {
+                Some((n, t)) => cast(crate::data::types::column(n), t.clone()).alias(n),
+                None => crate::data::types::column(f.name()),
+            })
+            .collect();
+        df.select(exprs)
+            .map_err(|e| DataError::from_datafusion(format!("reading {}", self.path), e))
+    }
+
+    /// The frame with the decimal-comma columns as text in the usual notation (`1234.50`),
+    /// not yet cast.
+    async fn frame_text(
+        &self,
+        session: &SessionContext,
+        paths: Vec<String>,
+        columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+        comma: &[(String, DataType)],
+    ) -> Result<DataFrame, DataError> {
+        let df = self.frame_raw(session, paths, columns, comma).await?;
+        if comma.is_empty() {
+            return Ok(df);
+        }
+        let what = || format!("reading {}", self.path);
+        let mut exprs = Vec::new();
+        for f in df.schema().fields() {
+            let e = if comma.iter().any(|(n, _)| n == f.name()) {
+                let name = quote_ident(f.name());
+                df.parse_sql_expr(&format!(
+                    "replace(replace(trim({name}), '.', ''), ',', '.')"
+                ))
+                .map_err(|e| DataError::from_datafusion(what(), e))?
+                .alias(f.name())
+            } else {
+                crate::data::types::column(f.name())
+            };
+            exprs.push(e);
+        }
+        df.select(exprs)
+            .map_err(|e| DataError::from_datafusion(what(), e))
+    }
+
+    async fn frame_raw(
+        &self,
+        session: &SessionContext,
+        paths: Vec<String>,
+        columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+        comma: &[(String, DataType)],
     ) -> Result<DataFrame, DataError> {
         let what = || format!("reading {}", self.path);
         let inferred = session
@@ -207,6 +284,9 @@ impl CsvSource {
             .fields()
             .iter()
             .map(|f| match columns.get(f.name()) {
+                _ if comma.iter().any(|(n, _)| n == f.name()) => {
+                    Field::new(f.name(), DataType::Utf8, true)
+                }
                 Some(ct) if ct.format.is_none() => Field::new(f.name(), ct.data_type.clone(), true),
                 Some(_) => Field::new(f.name(), DataType::Utf8, true),
                 None => f.as_ref().clone().with_nullable(true),
@@ -318,6 +398,59 @@ fn locate(msg: &str, file: &Path, schema: &datafusion::common::DFSchema) -> Stri
     parsed.unwrap_or_else(|| format!("{}: {msg}", file.display()))
 }
 
+impl CsvSource {
+    /// The first value of a decimal-comma column that is not a number, with its line.
+    async fn find_bad_number(
+        &self,
+        session: &SessionContext,
+        path: String,
+        file: &Path,
+        columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+        comma: &[(String, DataType)],
+    ) -> Option<String> {
+        use datafusion::arrow::array::{Array, StringArray};
+        use futures_util::StreamExt;
+        let raw = self
+            .frame_raw(session, vec![path], columns, comma)
+            .await
+            .ok()?;
+        let mut raw = raw.execute_stream().await.ok()?;
+        let mut row = 0usize;
+        while let Some(Ok(batch)) = raw.next().await {
+            for (name, ty) in comma {
+                let Some(original) = batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                else {
+                    continue;
+                };
+                // The same rewriting as the read: trim, drop the dots, comma to point.
+                let text: StringArray = original
+                    .iter()
+                    .map(|v| v.map(|s| s.trim().replace('.', "").replace(',', ".")))
+                    .collect();
+                let Ok(casted) = datafusion::arrow::compute::cast(&text, ty) else {
+                    continue;
+                };
+                if let Some(i) = (0..text.len()).find(|i| !text.is_null(*i) && casted.is_null(*i)) {
+                    let line = row + i + 1 + usize::from(self.header);
+                    let declared = columns
+                        .get(name)
+                        .map(|c| c.written.as_str())
+                        .unwrap_or("number");
+                    return Some(format!(
+                        "{}: line {line}, column `{name}`: value `{}` is not a valid {declared} (with `decimal_comma`, `.` groups thousands and `,` marks decimals, as in 1.234,50)",
+                        file.display(),
+                        original.value(i)
+                    ));
+                }
+            }
+            row += batch.num_rows();
+        }
+        None
+    }
+}
+
 #[async_trait]
 impl Source for CsvSource {
     fn describe(&self) -> String {
@@ -347,12 +480,21 @@ impl Source for CsvSource {
             .with_target_partitions(1)
             .with_repartition_file_scans(false);
         let session = SessionContext::new_with_config(config);
+        let comma = self.comma_columns(cx.columns);
         for (file, path) in files.iter().zip(paths) {
-            let Ok(df) = self.frame(&session, vec![path], cx.columns).await else {
+            let Ok(df) = self.frame(&session, vec![path.clone()], cx.columns).await else {
                 continue;
             };
             let schema = df.schema().clone();
             if let Err(e) = crate::data::stream::drain(df).await {
+                if !comma.is_empty() {
+                    if let Some(found) = self
+                        .find_bad_number(&session, path, file, cx.columns, &comma)
+                        .await
+                    {
+                        return DataError::Invalid(found);
+                    }
+                }
                 let text = crate::data::types::explain_error(&e.find_root().to_string());
                 return DataError::Invalid(locate(&text, file, &schema));
             }

@@ -8,6 +8,9 @@
 
 pub mod csv;
 pub mod http_api;
+pub mod json;
+pub mod parquet;
+pub mod xlsx;
 
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -27,7 +30,14 @@ use std::sync::Arc;
 pub type BuildFn = fn(&Node, &BuildContext) -> Result<Arc<dyn Source>, SpecError>;
 
 /// The registry of sources: the `source:` name in an extract, and its build function.
-pub const SOURCES: &[(&str, BuildFn)] = &[("csv", csv::build), ("http_api", http_api::build)];
+pub const SOURCES: &[(&str, BuildFn)] = &[
+    ("csv", csv::build),
+    ("json", json::build),
+    ("ndjson", json::build_ndjson),
+    ("parquet", parquet::build),
+    ("xlsx", xlsx::build),
+    ("http_api", http_api::build),
+];
 
 /// What a source may use while it reads.
 pub struct SourceContext<'a> {
