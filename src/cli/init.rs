@@ -72,8 +72,8 @@ const FILES: &[(&str, &[u8])] = &[
         include_bytes!("../../examples/quickstart/data/clientes.csv"),
     ),
     (
-        "data/productos.csv",
-        include_bytes!("../../examples/quickstart/data/productos.csv"),
+        "data/productos.xlsx",
+        include_bytes!("../../examples/quickstart/data/productos.xlsx"),
     ),
     (".gitignore", b".cauce/\nresults/\nwarehouse/\n.env\n"),
 ];

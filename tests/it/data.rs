@@ -398,6 +398,9 @@ print(con.sql("select count(*), count(distinct pedido), min(dia), max(dia) from 
 print(con.sql("select typeof(fecha), typeof(total), typeof(nombre) from read_parquet('warehouse/ventas/**/*.parquet', hive_partitioning=true) limit 1").fetchall())
 print(con.sql("select count(*) from read_parquet('warehouse/ventas/**/*.parquet', hive_partitioning=true) where nombre like '%ñ%' or nombre like '%é%'").fetchall())
 print(con.sql("select sum(pedidos) from read_csv('results/resumen_por_region.csv')").fetchall())
+import openpyxl
+wb = openpyxl.load_workbook('results/informe_ventas.xlsx')
+print(wb.sheetnames, [c.value for c in wb['Por región'][1]], sum(r[2].value for r in wb['Por región'].iter_rows(min_row=2)))
 "#,
     );
     let lines: Vec<&str> = out.lines().collect();
@@ -415,6 +418,11 @@ print(con.sql("select sum(pedidos) from read_csv('results/resumen_por_region.csv
         "accented names survive the Windows-1252 export: {out}"
     );
     assert_eq!(lines[3], "[(185,)]", "{out}");
+    assert_eq!(
+        lines[4],
+        "['Por región', 'Por categoría'] ['dia', 'region', 'pedidos', 'ventas', 'margen'] 185",
+        "{out}"
+    );
 }
 
 #[test]
