@@ -7,6 +7,7 @@
 
 pub mod csv;
 pub mod parquet;
+pub mod postgres;
 
 use crate::data::dataset::Written;
 use crate::data::DataError;
@@ -24,7 +25,11 @@ use std::sync::Arc;
 pub type BuildFn = fn(&Node, &BuildContext) -> Result<Arc<dyn Sink>, SpecError>;
 
 /// The registry of sinks: the `sink:` name in a load, and its build function.
-pub const SINKS: &[(&str, BuildFn)] = &[("parquet", parquet::build), ("csv", csv::build)];
+pub const SINKS: &[(&str, BuildFn)] = &[
+    ("parquet", parquet::build),
+    ("csv", csv::build),
+    ("postgres", postgres::build),
+];
 
 /// What a sink may use while it writes.
 pub struct SinkContext<'a> {

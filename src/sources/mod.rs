@@ -7,6 +7,7 @@
 //! nothing and never touch the store.
 
 pub mod csv;
+pub mod postgres;
 
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -26,7 +27,10 @@ use std::sync::Arc;
 pub type BuildFn = fn(&Node, &BuildContext) -> Result<Arc<dyn Source>, SpecError>;
 
 /// The registry of sources: the `source:` name in an extract, and its build function.
-pub const SOURCES: &[(&str, BuildFn)] = &[("csv", csv::build)];
+pub const SOURCES: &[(&str, BuildFn)] = &[
+    ("csv", csv::build),
+    ("postgres", postgres::build),
+];
 
 /// What a source may use while it reads.
 pub struct SourceContext<'a> {
