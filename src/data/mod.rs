@@ -6,6 +6,7 @@
 //! [`crate::tasks`]. Nothing here touches the store.
 
 pub mod dataset;
+pub mod mysql;
 pub mod postgres;
 pub mod stream;
 pub mod types;

@@ -6,6 +6,7 @@
 //! transaction). Sinks never touch the store.
 
 pub mod csv;
+pub mod mysql;
 pub mod parquet;
 pub mod postgres;
 
@@ -29,6 +30,7 @@ pub const SINKS: &[(&str, BuildFn)] = &[
     ("parquet", parquet::build),
     ("csv", csv::build),
     ("postgres", postgres::build),
+    ("mysql", mysql::build),
 ];
 
 /// What a sink may use while it writes.

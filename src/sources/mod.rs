@@ -7,6 +7,7 @@
 //! nothing and never touch the store.
 
 pub mod csv;
+pub mod mysql;
 pub mod postgres;
 
 use crate::data::types::ColumnType;
@@ -30,6 +31,7 @@ pub type BuildFn = fn(&Node, &BuildContext) -> Result<Arc<dyn Source>, SpecError
 pub const SOURCES: &[(&str, BuildFn)] = &[
     ("csv", csv::build),
     ("postgres", postgres::build),
+    ("mysql", mysql::build),
 ];
 
 /// What a source may use while it reads.
