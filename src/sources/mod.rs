@@ -9,6 +9,7 @@
 pub mod csv;
 pub mod mysql;
 pub mod postgres;
+pub mod sqlite;
 
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -32,6 +33,7 @@ pub const SOURCES: &[(&str, BuildFn)] = &[
     ("csv", csv::build),
     ("postgres", postgres::build),
     ("mysql", mysql::build),
+    ("sqlite", sqlite::build),
 ];
 
 /// What a source may use while it reads.
