@@ -158,7 +158,8 @@ pub async fn catalog(
     schema: Option<&str>,
     table: &str,
 ) -> Result<Vec<CatalogColumn>, DataError> {
-    let rows: Vec<(String, String, String, Option<String>, Option<String>)> = sqlx::query_as(
+    type CatalogRow = (String, String, String, Option<String>, Option<String>);
+    let rows: Vec<CatalogRow> = sqlx::query_as(
         "SELECT CAST(COLUMN_NAME AS CHAR), CAST(DATA_TYPE AS CHAR), CAST(COLUMN_TYPE AS CHAR), \
          CAST(NUMERIC_PRECISION AS CHAR), CAST(NUMERIC_SCALE AS CHAR) \
          FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = COALESCE(?, DATABASE()) AND TABLE_NAME = ? \
@@ -341,10 +342,12 @@ pub fn ddl_type(field: &Field, key: bool) -> Result<String, DataError> {
         }
         DataType::Date32 | DataType::Date64 => "DATE".into(),
         DataType::Timestamp(..) => "DATETIME(6)".into(),
-        other => return Err(DataError::Invalid(format!(
+        other => {
+            return Err(DataError::Invalid(format!(
             "column `{}` is {other}, which the mysql sink cannot store; cast it in a `sql` task",
             field.name()
-        ))),
+        )))
+        }
     })
 }
 

@@ -383,12 +383,12 @@ impl Reader {
 
     /// `Ok(true)` when every row was read, `Ok(false)` when the consumer went away.
     async fn copy(&self) -> Result<bool, DataError> {
-        let stream = self
-            .pg
-            .client
-            .copy_out(self.copy_sql.as_str())
-            .await
-            .map_err(|e| postgres::error("running the query", &e))?;
+        let start = self.pg.client.copy_out(self.copy_sql.as_str());
+        let stream = tokio::select! {
+            r = start => r.map_err(|e| postgres::error("running the query", &e))?,
+            _ = self.cancel.cancelled() => return Err(DataError::Cancelled),
+            _ = self.tx.closed() => return Ok(false),
+        };
         let rows = BinaryCopyOutStream::new(stream, &self.types);
         futures_util::pin_mut!(rows);
         let names: Vec<&str> = self

@@ -5,6 +5,7 @@
 //! - `cli`: validation, listing, init, dry runs, params and error exit codes.
 //! - `engine`: retries, timeouts, critical failures, triggers, cancellation, kill -9 recovery.
 //! - `data`: extract, sql and load end to end; files read back with DuckDB and pyarrow.
+//! - `data_db`: the PostgreSQL, MySQL/MariaDB and SQLite sources and sinks against real servers.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
 //! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
@@ -15,6 +16,7 @@
 mod cli;
 mod common;
 mod data;
+mod data_db;
 mod engine;
 mod fuzz;
 mod server;
