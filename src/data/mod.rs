@@ -7,6 +7,8 @@
 
 pub mod dataset;
 pub mod memory;
+pub mod mysql;
+pub mod postgres;
 pub mod stream;
 pub mod types;
 

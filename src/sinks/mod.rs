@@ -6,7 +6,9 @@
 //! transaction). Sinks never touch the store.
 
 pub mod csv;
+pub mod mysql;
 pub mod parquet;
+pub mod postgres;
 pub mod xlsx;
 
 use crate::data::dataset::Written;
@@ -29,6 +31,8 @@ pub const SINKS: &[(&str, BuildFn)] = &[
     ("parquet", parquet::build),
     ("csv", csv::build),
     ("xlsx", xlsx::build),
+    ("postgres", postgres::build),
+    ("mysql", mysql::build),
 ];
 
 /// What a sink may use while it writes.

@@ -9,7 +9,10 @@
 pub mod csv;
 pub mod http_api;
 pub mod json;
+pub mod mysql;
 pub mod parquet;
+pub mod postgres;
+pub mod sqlite;
 pub mod xlsx;
 
 use crate::data::types::ColumnType;
@@ -37,6 +40,9 @@ pub const SOURCES: &[(&str, BuildFn)] = &[
     ("parquet", parquet::build),
     ("xlsx", xlsx::build),
     ("http_api", http_api::build),
+    ("postgres", postgres::build),
+    ("mysql", mysql::build),
+    ("sqlite", sqlite::build),
 ];
 
 /// What a source may use while it reads.

@@ -5,6 +5,7 @@
 //! - `cli`: validation, listing, init, dry runs, params and error exit codes.
 //! - `engine`: retries, timeouts, critical failures, triggers, cancellation, kill -9 recovery.
 //! - `data`: extract, sql and load end to end; files read back with DuckDB and pyarrow.
+//! - `data_db`: the PostgreSQL, MySQL/MariaDB and SQLite sources and sinks against real servers.
 //! - `data_files`: file formats (JSON, NDJSON, Parquet, Excel in and out, decimal commas).
 //! - `data_http`: the http_api source against a local HTTP server: pagination, retries, auth.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
@@ -17,6 +18,7 @@
 mod cli;
 mod common;
 mod data;
+mod data_db;
 mod data_files;
 mod data_http;
 mod engine;

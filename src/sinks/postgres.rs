@@ -1,0 +1,712 @@
+//! `sink: postgres`: loads a dataset into a PostgreSQL table with binary COPY, all in one
+//! transaction, so a failed or cancelled load leaves the table as it was (and readers see
+//! the old rows or the new ones, never a mix). `mode: append` (the default) adds the rows;
+//! `replace` deletes the table's rows and loads the new ones in the same transaction
+//! (readers keep seeing the old rows until it commits; the table's indexes, grants and
+//! columns stay); `upsert` copies into a temporary table, then `INSERT ... ON CONFLICT
+//! (keys) DO UPDATE` the target: new keys are added and existing ones updated; when the
+//! dataset holds a key twice, its last row wins.
+//!
+//! A missing table is created from the dataset's columns (inside the transaction; with a
+//! primary key on `keys` for upsert): Int64 bigint, Int32 integer, Int16/Int8 smallint,
+//! Float64 double precision, Float32 real, Decimal128(p,s) numeric(p,s), Utf8 text, Boolean
+//! boolean, Date32 date, Timestamp(us) timestamp, Timestamp(us, tz) timestamptz, Binary
+//! bytea. Into an existing table each dataset column must exist and have a compatible type
+//! (integers into int2/int4/int8/numeric/float columns, checked for range; decimals into
+//! numeric or float; text into text, varchar, char, json, jsonb, uuid and enum columns;
+//! dates into date; timestamps into timestamp or timestamptz, a timestamp without time zone
+//! taken as UTC), checked before any row is written; the table's other columns take their
+//! defaults. Not here: creating schemas, changing existing columns, deletes of keys that
+//! left the source.
+
+use super::{single, Input, Sink, SinkContext};
+use crate::data::dataset::Written;
+use crate::data::postgres::{
+    self, cast_checked, ddl_type, numeric_from_i128, CastFailure, TableName, PG_EPOCH_DAYS,
+    PG_EPOCH_MICROS,
+};
+use crate::data::types::quote_ident;
+use crate::data::DataError;
+use crate::spec::error::SpecError;
+use crate::tasks::BuildContext;
+use crate::template::Escape;
+use async_trait::async_trait;
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array,
+    Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, StringArray,
+    TimestampMicrosecondArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
+use futures_util::StreamExt;
+use marked_yaml::Node;
+use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
+use tokio_util::bytes::{BufMut, BytesMut};
+
+/// What a load does to the rows already in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableMode {
+    /// Adds the rows.
+    Append,
+    /// Replaces all rows.
+    Replace,
+    /// Inserts new keys, updates existing ones.
+    Upsert,
+}
+
+/// The `postgres` sink.
+#[derive(Debug)]
+pub struct PostgresSink {
+    url: String,
+    table: String,
+    mode: TableMode,
+    keys: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresSpec {
+    url: String,
+    table: String,
+    mode: Option<TableMode>,
+    keys: Option<Vec<String>>,
+}
+
+/// Checks `mode` and `keys` together (shared with the mysql sink's rules).
+pub fn check_keys(mode: TableMode, keys: &[String]) -> Result<(), String> {
+    match mode {
+        TableMode::Upsert if keys.is_empty() => {
+            Err("`mode: upsert` needs `keys`: the columns that identify a row".into())
+        }
+        TableMode::Append | TableMode::Replace if !keys.is_empty() => {
+            Err("`keys` applies to `mode: upsert` only".into())
+        }
+        _ => {
+            for (i, k) in keys.iter().enumerate() {
+                if keys[..i].contains(k) {
+                    return Err(format!("key `{k}` is listed twice in `keys`"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Builds from `url`, `table`, `mode`, `keys`.
+pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Sink>, SpecError> {
+    let spec: PostgresSpec = cx.decode(node)?;
+    let mode = spec.mode.unwrap_or(TableMode::Append);
+    let keys = spec.keys.unwrap_or_default();
+    check_keys(mode, &keys).map_err(|e| cx.error(node, e))?;
+    if !spec.table.contains("{{") {
+        TableName::parse(&spec.table).map_err(|e| cx.error(node, e))?;
+    }
+    Ok(Arc::new(PostgresSink {
+        url: spec.url,
+        table: spec.table,
+        mode,
+        keys,
+    }))
+}
+
+/// How one column's values are put on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Wire {
+    Bool,
+    I16,
+    I32,
+    I64,
+    F32,
+    F64,
+    Numeric,
+    Text,
+    Jsonb,
+    Uuid,
+    Bytea,
+    Date,
+    Timestamp,
+}
+
+/// One dataset column and the table column it goes to.
+#[derive(Debug)]
+struct Target {
+    name: String,
+    /// The table column's type (what COPY expects).
+    pg: Type,
+    /// What the values are cast to before encoding.
+    cast_to: DataType,
+    wire: Wire,
+}
+
+/// The name of a PostgreSQL type as a user would write it.
+fn pg_name(ty: &Type) -> String {
+    match ty.name() {
+        "int2" => "smallint".into(),
+        "int4" => "integer".into(),
+        "int8" => "bigint".into(),
+        "float4" => "real".into(),
+        "float8" => "double precision".into(),
+        "bpchar" => "char".into(),
+        "bool" => "boolean".into(),
+        other => other.into(),
+    }
+}
+
+/// How a dataset column is written into a table column of type `ty`, or why it cannot be.
+fn plan(field: &Field, ty: &Type, typmod: i32) -> Result<(DataType, Wire), ()> {
+    let src = field.data_type();
+    let null = *src == DataType::Null;
+    let int = src.is_integer() || null;
+    let float = src.is_floating() || null;
+    let dec = matches!(
+        src,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    ) || null;
+    let text = matches!(
+        src,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) || null;
+    let bin = matches!(
+        src,
+        DataType::Binary
+            | DataType::LargeBinary
+            | DataType::BinaryView
+            | DataType::FixedSizeBinary(_)
+    ) || null;
+    let date = matches!(src, DataType::Date32 | DataType::Date64) || null;
+    let ts = matches!(src, DataType::Timestamp(..)) || null;
+    let base = match ty.kind() {
+        Kind::Domain(inner) => return plan(field, inner, -1),
+        Kind::Enum(_) => "enum",
+        _ => ty.name(),
+    };
+    Ok(match base {
+        "bool" if *src == DataType::Boolean || null => (DataType::Boolean, Wire::Bool),
+        "int2" if int => (DataType::Int16, Wire::I16),
+        "int4" if int => (DataType::Int32, Wire::I32),
+        "int8" if int => (DataType::Int64, Wire::I64),
+        "float4" if int || float || dec => (DataType::Float32, Wire::F32),
+        "float8" if int || float || dec => (DataType::Float64, Wire::F64),
+        "numeric" if int || float || dec => {
+            let scale = if typmod >= 4 {
+                let raw = ((typmod - 4) & 0x7ff) as i16;
+                (if raw >= 1024 { raw - 2048 } else { raw }).clamp(0, 38) as i8
+            } else {
+                match src {
+                    DataType::Decimal32(_, s)
+                    | DataType::Decimal64(_, s)
+                    | DataType::Decimal128(_, s)
+                    | DataType::Decimal256(_, s) => (*s).clamp(0, 38),
+                    _ if src.is_floating() => 10,
+                    _ => 0,
+                }
+            };
+            (DataType::Decimal128(38, scale), Wire::Numeric)
+        }
+        "text" | "varchar" | "bpchar" | "name" | "citext" | "json" | "xml" | "enum" if text => {
+            (DataType::Utf8, Wire::Text)
+        }
+        "jsonb" if text => (DataType::Utf8, Wire::Jsonb),
+        "uuid" if text => (DataType::Utf8, Wire::Uuid),
+        "bytea" if bin => (DataType::Binary, Wire::Bytea),
+        "date" if date => (DataType::Date32, Wire::Date),
+        "timestamp" | "timestamptz" if ts || date => {
+            let tz = match src {
+                DataType::Timestamp(_, tz) => tz.clone(),
+                _ => None,
+            };
+            (
+                DataType::Timestamp(TimeUnit::Microsecond, tz),
+                Wire::Timestamp,
+            )
+        }
+        _ => return Err(()),
+    })
+}
+
+/// One batch's column, ready to encode.
+#[derive(Debug)]
+enum Enc {
+    Bool(BooleanArray),
+    I16(Int16Array),
+    I32(Int32Array),
+    I64(Int64Array),
+    F32(Float32Array),
+    F64(Float64Array),
+    Numeric(Decimal128Array, i8),
+    Text(StringArray, bool),
+    Uuid(Vec<Option<[u8; 16]>>),
+    Bytea(BinaryArray),
+    Date(Date32Array),
+    Ts(TimestampMicrosecondArray),
+}
+
+/// Parses a UUID written with or without hyphens (and braces).
+fn parse_uuid(text: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = text
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .bytes()
+        .filter(|b| *b != b'-')
+        .collect();
+    if hex.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Casts a column to what its target expects; a value that does not fit is an error naming
+/// the row (1-based in the dataset) and the column.
+fn prepare(
+    array: &ArrayRef,
+    target: &Target,
+    first_row: u64,
+    table: &TableName,
+) -> Result<Enc, DataError> {
+    let cast = cast_checked(array, &target.cast_to).map_err(|f| match f {
+        CastFailure::Value { index, value } => DataError::Invalid(format!(
+            "table {table}, row {}, column `{}`: value `{value}` does not fit the column's type {}",
+            first_row + index as u64 + 1,
+            target.name,
+            pg_name(&target.pg)
+        )),
+        CastFailure::Types(e) => {
+            DataError::Invalid(format!("table {table}, column `{}`: {e}", target.name))
+        }
+    })?;
+    let bad = || DataError::Invalid(format!("column `{}`: unexpected array type", target.name));
+    Ok(match target.wire {
+        Wire::Bool => Enc::Bool(cast.as_boolean_opt().ok_or_else(bad)?.clone()),
+        Wire::I16 => Enc::I16(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+        Wire::I32 => Enc::I32(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+        Wire::I64 => Enc::I64(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+        Wire::F32 => Enc::F32(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+        Wire::F64 => Enc::F64(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+        Wire::Numeric => {
+            let a: &Decimal128Array = cast.as_primitive_opt().ok_or_else(bad)?;
+            Enc::Numeric(a.clone(), a.scale())
+        }
+        Wire::Text | Wire::Jsonb => Enc::Text(
+            cast.as_string_opt::<i32>().ok_or_else(bad)?.clone(),
+            target.wire == Wire::Jsonb,
+        ),
+        Wire::Uuid => {
+            let a = cast.as_string_opt::<i32>().ok_or_else(bad)?;
+            let mut out = Vec::with_capacity(a.len());
+            for (i, v) in a.iter().enumerate() {
+                match v {
+                    None => out.push(None),
+                    Some(t) => match parse_uuid(t) {
+                        Some(u) => out.push(Some(u)),
+                        None => {
+                            return Err(DataError::Invalid(format!(
+                                "table {table}, row {}, column `{}`: `{t}` is not a UUID",
+                                first_row + i as u64 + 1,
+                                target.name
+                            )))
+                        }
+                    },
+                }
+            }
+            Enc::Uuid(out)
+        }
+        Wire::Bytea => Enc::Bytea(cast.as_binary_opt::<i32>().ok_or_else(bad)?.clone()),
+        Wire::Date => Enc::Date(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+        Wire::Timestamp => Enc::Ts(cast.as_primitive_opt().ok_or_else(bad)?.clone()),
+    })
+}
+
+impl Enc {
+    fn is_null(&self, row: usize) -> bool {
+        match self {
+            Enc::Bool(a) => a.is_null(row),
+            Enc::I16(a) => a.is_null(row),
+            Enc::I32(a) => a.is_null(row),
+            Enc::I64(a) => a.is_null(row),
+            Enc::F32(a) => a.is_null(row),
+            Enc::F64(a) => a.is_null(row),
+            Enc::Numeric(a, _) => a.is_null(row),
+            Enc::Text(a, _) => a.is_null(row),
+            Enc::Uuid(v) => v.get(row).is_none_or(|x| x.is_none()),
+            Enc::Bytea(a) => a.is_null(row),
+            Enc::Date(a) => a.is_null(row),
+            Enc::Ts(a) => a.is_null(row),
+        }
+    }
+
+    /// Writes the binary form of a non-null value.
+    fn encode(&self, row: usize, out: &mut BytesMut) {
+        match self {
+            Enc::Bool(a) => out.put_u8(a.value(row) as u8),
+            Enc::I16(a) => out.put_i16(a.value(row)),
+            Enc::I32(a) => out.put_i32(a.value(row)),
+            Enc::I64(a) => out.put_i64(a.value(row)),
+            Enc::F32(a) => out.put_f32(a.value(row)),
+            Enc::F64(a) => out.put_f64(a.value(row)),
+            Enc::Numeric(a, s) => {
+                let mut tmp = Vec::with_capacity(16);
+                numeric_from_i128(a.value(row), *s, &mut tmp);
+                out.put_slice(&tmp);
+            }
+            Enc::Text(a, jsonb) => {
+                if *jsonb {
+                    out.put_u8(1);
+                }
+                out.put_slice(a.value(row).as_bytes());
+            }
+            Enc::Uuid(v) => {
+                if let Some(Some(u)) = v.get(row) {
+                    out.put_slice(u);
+                }
+            }
+            Enc::Bytea(a) => out.put_slice(a.value(row)),
+            Enc::Date(a) => out.put_i32(a.value(row).saturating_sub(PG_EPOCH_DAYS)),
+            Enc::Ts(a) => out.put_i64(a.value(row).saturating_sub(PG_EPOCH_MICROS)),
+        }
+    }
+}
+
+/// One value of a row being copied.
+#[derive(Debug)]
+struct Cell<'a> {
+    enc: &'a Enc,
+    row: usize,
+    bytes: &'a AtomicU64,
+}
+
+impl ToSql for Cell<'_> {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if self.enc.is_null(self.row) {
+            return Ok(IsNull::Yes);
+        }
+        let before = out.len();
+        self.enc.encode(self.row, out);
+        self.bytes
+            .fetch_add((out.len() - before) as u64 + 4, Ordering::Relaxed);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        self.to_sql(ty, out)
+    }
+}
+
+/// The values of one row, in column order (a named iterator: a closure here trips the
+/// compiler's check that the load's future can move between threads).
+struct RowCells<'a> {
+    encs: &'a [Enc],
+    row: usize,
+    next: usize,
+    bytes: &'a AtomicU64,
+}
+
+impl<'a> Iterator for RowCells<'a> {
+    type Item = Cell<'a>;
+
+    fn next(&mut self) -> Option<Cell<'a>> {
+        let enc = self.encs.get(self.next)?;
+        self.next += 1;
+        Some(Cell {
+            enc,
+            row: self.row,
+            bytes: self.bytes,
+        })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.encs.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for RowCells<'_> {}
+
+/// The column list of a statement.
+fn column_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| quote_ident(n))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl PostgresSink {
+    async fn load(
+        &self,
+        cx: &SinkContext<'_>,
+        input: Input,
+        table: &TableName,
+        pg: &mut postgres::Pg,
+    ) -> Result<Written, DataError> {
+        let schema = input.frame.schema().inner().clone();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        for k in &self.keys {
+            if !names.contains(&k.as_str()) {
+                return Err(DataError::Invalid(format!(
+                    "key `{k}` is not a column of `{}`{}; its columns: {}",
+                    input.name,
+                    crate::spec::error::suggestion(k, names.iter().copied()),
+                    names.join(", ")
+                )));
+            }
+        }
+        let qt = table.quoted();
+        let pgerr = |what: &str| {
+            let what = what.to_string();
+            move |e: tokio_postgres::Error| postgres::error(&what, &e)
+        };
+        let tx = pg
+            .client
+            .transaction()
+            .await
+            .map_err(pgerr("starting a transaction"))?;
+        let oid: Option<u32> = tx
+            .query_one("SELECT to_regclass($1::text)::oid", &[&qt])
+            .await
+            .map_err(pgerr(&format!("looking up table {table}")))?
+            .try_get(0)
+            .map_err(pgerr(&format!("looking up table {table}")))?;
+        let created = oid.is_none();
+        if created {
+            let mut defs = Vec::with_capacity(names.len() + 1);
+            for f in schema.fields() {
+                defs.push(format!("{} {}", quote_ident(f.name()), ddl_type(f)?));
+            }
+            if !self.keys.is_empty() {
+                let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+                defs.push(format!("PRIMARY KEY ({})", column_list(&keys)));
+            }
+            let ddl = format!("CREATE TABLE {qt} ({})", defs.join(", "));
+            tx.batch_execute(&ddl)
+                .await
+                .map_err(pgerr(&format!("creating table {table}")))?;
+            cx.task.log.note(&format!("created table {table}: {ddl}"));
+        }
+        // The table's columns, as COPY sees them.
+        let probe = tx
+            .prepare(&format!("SELECT * FROM {qt} LIMIT 0"))
+            .await
+            .map_err(pgerr(&format!("reading the columns of {table}")))?;
+        let cols = probe.columns();
+        let mut targets = Vec::with_capacity(names.len());
+        let mut problems = Vec::new();
+        for f in schema.fields() {
+            let Some(c) = cols.iter().find(|c| c.name() == f.name()) else {
+                problems.push(format!(
+                    "column `{}` is not in table {table}{}",
+                    f.name(),
+                    crate::spec::error::suggestion(f.name(), cols.iter().map(|c| c.name()))
+                ));
+                continue;
+            };
+            match plan(f, c.type_(), c.type_modifier()) {
+                Ok((cast_to, wire)) => targets.push(Target {
+                    name: f.name().clone(),
+                    pg: c.type_().clone(),
+                    cast_to,
+                    wire,
+                }),
+                Err(()) => problems.push(format!(
+                    "column `{}` is {} in the data but {} in table {table}",
+                    f.name(),
+                    f.data_type(),
+                    pg_name(c.type_())
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(DataError::Invalid(format!(
+                "cannot load `{}` into {table}: {}; cast the columns in a `sql` task, or change the table",
+                input.name,
+                problems.join("; ")
+            )));
+        }
+        if self.mode == TableMode::Upsert && !created {
+            self.check_unique(&tx, oid.unwrap_or_default(), table)
+                .await?;
+        }
+        let list = column_list(&names);
+        let copy_into = match self.mode {
+            TableMode::Upsert => {
+                tx.batch_execute(&format!(
+                    "CREATE TEMP TABLE cauce_stage ON COMMIT DROP AS SELECT {list} FROM {qt} WITH NO DATA"
+                ))
+                .await
+                .map_err(pgerr("creating the staging table"))?;
+                "cauce_stage".to_string()
+            }
+            TableMode::Replace => {
+                let n = tx
+                    .execute(&format!("DELETE FROM {qt}"), &[])
+                    .await
+                    .map_err(pgerr(&format!("emptying {table}")))?;
+                cx.task.log.note(&format!(
+                    "replace: {n} old rows deleted (until commit, readers still see them)"
+                ));
+                qt.clone()
+            }
+            TableMode::Append => qt.clone(),
+        };
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {copy_into} ({list}) FROM STDIN (FORMAT binary)"
+            ))
+            .await
+            .map_err(pgerr(&format!("starting COPY into {table}")))?;
+        let types: Vec<Type> = targets.iter().map(|t| t.pg.clone()).collect();
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        futures_util::pin_mut!(writer);
+        let mut stream = input
+            .frame
+            .execute_stream()
+            .await
+            .map_err(|e| DataError::from_datafusion(format!("reading `{}`", input.name), e))?;
+        let bytes = AtomicU64::new(0);
+        let mut rows: u64 = 0;
+        let copy_err = pgerr(&format!("loading {table}"));
+        while let Some(batch) = stream.next().await {
+            let batch = batch
+                .map_err(|e| DataError::from_datafusion(format!("reading `{}`", input.name), e))?;
+            let mut encs = Vec::with_capacity(targets.len());
+            for (i, t) in targets.iter().enumerate() {
+                encs.push(prepare(batch.column(i), t, rows, table)?);
+            }
+            for row in 0..batch.num_rows() {
+                let cells = RowCells {
+                    encs: &encs,
+                    row,
+                    next: 0,
+                    bytes: &bytes,
+                };
+                writer.as_mut().write_raw(cells).await.map_err(&copy_err)?;
+            }
+            rows += batch.num_rows() as u64;
+        }
+        let copied = writer.as_mut().finish().await.map_err(&copy_err)?;
+        if self.mode == TableMode::Upsert {
+            let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+            let key_list = column_list(&keys);
+            let updates: Vec<String> = names
+                .iter()
+                .filter(|n| !self.keys.iter().any(|k| k == *n))
+                .map(|n| format!("{0} = EXCLUDED.{0}", quote_ident(n)))
+                .collect();
+            let action = if updates.is_empty() {
+                "DO NOTHING".to_string()
+            } else {
+                format!("DO UPDATE SET {}", updates.join(", "))
+            };
+            // The last row of each key wins: rows sit in the staging table in load order.
+            let sql = format!(
+                "INSERT INTO {qt} ({list}) SELECT {list} FROM (SELECT DISTINCT ON ({key_list}) {list} FROM cauce_stage ORDER BY {key_list}, ctid DESC) AS s ON CONFLICT ({key_list}) {action}"
+            );
+            let n = tx
+                .execute(&sql, &[])
+                .await
+                .map_err(pgerr(&format!("upserting into {table}")))?;
+            cx.task.log.note(&format!(
+                "upsert: {copied} rows staged, {n} inserted or updated"
+            ));
+        }
+        tx.commit()
+            .await
+            .map_err(pgerr(&format!("committing the load into {table}")))?;
+        Ok(Written {
+            rows: copied.max(rows),
+            bytes: bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Upsert needs a primary key or unique index on exactly the keys.
+    async fn check_unique(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        oid: u32,
+        table: &TableName,
+    ) -> Result<(), DataError> {
+        let rows = tx
+            .query(
+                "SELECT array(SELECT a.attname::text FROM unnest(i.indkey) AS k(n) \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n) \
+                 FROM pg_index i WHERE i.indrelid = $1 AND i.indisunique AND i.indpred IS NULL",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| postgres::error(&format!("reading the indexes of {table}"), &e))?;
+        let mut want: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        for r in rows {
+            let mut cols: Vec<String> = r.try_get(0).unwrap_or_default();
+            cols.sort_unstable();
+            if cols == want {
+                return Ok(());
+            }
+        }
+        Err(DataError::Invalid(format!(
+            "upsert into {table} needs a primary key or unique index on ({}), which the table does not have; add one (ALTER TABLE {} ADD PRIMARY KEY ({}))",
+            self.keys.join(", "),
+            table.quoted(),
+            column_list(&self.keys.iter().map(String::as_str).collect::<Vec<_>>())
+        )))
+    }
+}
+
+#[async_trait]
+impl Sink for PostgresSink {
+    fn describe(&self) -> String {
+        let mode = match self.mode {
+            TableMode::Append => "append".to_string(),
+            TableMode::Replace => "replace".to_string(),
+            TableMode::Upsert => format!("upsert on {}", self.keys.join(", ")),
+        };
+        format!(
+            "postgres {} table {} ({mode})",
+            postgres::safe_target(&self.url),
+            self.table
+        )
+    }
+
+    async fn write(&self, cx: &SinkContext<'_>, inputs: Vec<Input>) -> Result<Written, DataError> {
+        let input = single(inputs, "postgres")?;
+        let url = cx
+            .task
+            .render(&self.url, Escape::Plain)
+            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let table = cx
+            .task
+            .render(&self.table, Escape::Plain)
+            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let table = TableName::parse(&table).map_err(DataError::Invalid)?;
+        let redactor = cx.task.log.redactor();
+        let mut pg = postgres::connect(&url, &redactor).await?;
+        // Dropping this future (cancellation) drops the transaction and the connection
+        // with it: the server rolls back.
+        let result = self.load(cx, input, &table, &mut pg).await;
+        result.map_err(|e| postgres::redact(e, &redactor))
+    }
+}

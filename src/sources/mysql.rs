@@ -1,0 +1,466 @@
+//! `source: mysql`: the rows of a query (or a whole table) from MySQL or MariaDB (a Magento
+//! shop's database), streamed row by row over the text protocol (sqlx `fetch`) into Arrow
+//! batches of `batch_size` rows, never held whole. The query is prepared first for its
+//! columns; a column read straight from a table takes its exact type from
+//! `information_schema` (DECIMAL(10,2) stays decimal(10,2)), an expression the type the
+//! server reports. `url` is templated (`${MYSQL_PASSWORD}`); `query` is rendered with SQL
+//! escaping (`{{ params.x }}`, `{{ watermark }}` become quoted literals) and runs with
+//! `NO_BACKSLASH_ESCAPES`, so a backslash in a value cannot end its literal.
+//!
+//! Types: TINYINT(1)/BOOLEAN as Boolean (zero is false), TINYINT Int8, SMALLINT Int16,
+//! MEDIUMINT/INT Int32, BIGINT Int64 (UNSIGNED ones one size up; BIGINT UNSIGNED as
+//! Decimal128(20,0)), YEAR Int16, DECIMAL(p,s) Decimal128(p,s) (at most 38 digits), FLOAT
+//! Float32, DOUBLE Float64, DATE Date32, DATETIME Timestamp(us), TIMESTAMP Timestamp(us, UTC)
+//! (the session runs in UTC), CHAR/VARCHAR/TEXT/ENUM/SET/JSON/TIME as text, BINARY/
+//! VARBINARY/BLOB as Binary. A declared `columns:` type is parsed from the text directly.
+//! Limits: zero dates (`0000-00-00`) are read as NULL; BIT and spatial types are errors
+//! naming the column (cast them in the query); a DECIMAL expression (`SUM(price)`) has no
+//! scale the server reports, so its scale is taken from the first batch's values (declare
+//! the column in `columns:` to fix it); a cancelled read closes the connection, which ends
+//! the query when the server next writes to it.
+
+use super::{Source, SourceContext};
+use crate::data::mysql::{self, kind_from_catalog, kind_from_type_name, CatalogColumn, ReadKind};
+use crate::data::postgres::{cast_checked, CastFailure, TableName};
+use crate::data::stream::{channel_frame, stream_error, BatchSender};
+use crate::data::types::ColumnType;
+use crate::data::DataError;
+use crate::spec::error::SpecError;
+use crate::tasks::BuildContext;
+use crate::template::Escape;
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, ArrayRef, BinaryBuilder, StringArray, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::DataFrame;
+use futures_util::StreamExt;
+use indexmap::IndexMap;
+use marked_yaml::Node;
+use serde::Deserialize;
+use sqlx::{Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// The `mysql` source.
+#[derive(Debug)]
+pub struct MysqlSource {
+    url: String,
+    query: Option<String>,
+    table: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MysqlSpec {
+    url: String,
+    query: Option<String>,
+    table: Option<String>,
+}
+
+/// Builds from `url` and `query` or `table`.
+pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
+    let spec: MysqlSpec = cx.decode(node)?;
+    match (&spec.query, &spec.table) {
+        (Some(_), Some(_)) => {
+            return Err(cx.error(
+                node,
+                "give either `query` or `table`, not both (a table is `SELECT * FROM` it)",
+            ))
+        }
+        (None, None) => {
+            return Err(cx.error(
+                node,
+                "`source: mysql` needs `query` (a SELECT) or `table` (NAME or DATABASE.NAME)",
+            ))
+        }
+        (None, Some(t)) if !t.contains("{{") => {
+            TableName::parse(t).map_err(|e| cx.error(node, e))?;
+        }
+        (Some(q), None) if q.trim().is_empty() => return Err(cx.error(node, "`query` is empty")),
+        _ => {}
+    }
+    Ok(Arc::new(MysqlSource {
+        url: spec.url,
+        query: spec.query,
+        table: spec.table,
+    }))
+}
+
+/// Where the reading task hands over the schema, then the batches (or the error that ends
+/// them).
+struct Out {
+    schema_tx: Option<oneshot::Sender<Result<SchemaRef, DataError>>>,
+    sender_rx: Option<oneshot::Receiver<BatchSender>>,
+    tx: Option<BatchSender>,
+}
+
+impl Out {
+    async fn fail(&mut self, e: DataError) {
+        if let Some(s) = self.schema_tx.take() {
+            let _ = s.send(Err(e));
+        } else if let Some(tx) = &self.tx {
+            let _ = tx.send(Err(stream_error(e))).await;
+        }
+    }
+
+    /// Hands over the schema and waits for the channel; `false` when nobody wants it.
+    async fn open(&mut self, schema: SchemaRef) -> bool {
+        let (Some(s), Some(rx)) = (self.schema_tx.take(), self.sender_rx.take()) else {
+            return self.tx.is_some();
+        };
+        if s.send(Ok(schema)).is_err() {
+            return false;
+        }
+        match rx.await {
+            Ok(tx) => {
+                self.tx = Some(tx);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// A column's values of the batch being read, as the wire gives them.
+enum Acc {
+    Text(StringBuilder),
+    Bin(BinaryBuilder),
+}
+
+/// One result column.
+struct Col {
+    name: String,
+    kind: ReadKind,
+    /// The Arrow type (decided after the first batch for decimals of unknown scale).
+    target: Option<DataType>,
+    acc: Acc,
+}
+
+struct Reader {
+    url: String,
+    query: String,
+    declared: IndexMap<String, ColumnType>,
+    batch_size: usize,
+    cancel: CancellationToken,
+    bytes: Arc<AtomicU64>,
+    redactor: Arc<crate::secrets::Redactor>,
+}
+
+/// The digits after the point of the longest fraction in a column of decimal text.
+fn scale_of(a: &StringArray) -> i8 {
+    a.iter()
+        .flatten()
+        .map(|v| v.split_once('.').map_or(0, |(_, f)| f.len()))
+        .max()
+        .unwrap_or(10)
+        .min(38) as i8
+}
+
+impl Reader {
+    async fn run(
+        self,
+        schema_tx: oneshot::Sender<Result<SchemaRef, DataError>>,
+        sender_rx: oneshot::Receiver<BatchSender>,
+    ) {
+        let mut out = Out {
+            schema_tx: Some(schema_tx),
+            sender_rx: Some(sender_rx),
+            tx: None,
+        };
+        if let Err(e) = self.read(&mut out).await {
+            out.fail(mysql::redact(e, &self.redactor)).await;
+        }
+    }
+
+    /// The columns of the query, with their kinds.
+    async fn columns(&self, my: &mut mysql::My) -> Result<Vec<Col>, DataError> {
+        let stmt = my
+            .conn
+            .prepare(sqlx::AssertSqlSafe(self.query.clone()).into_sql_str())
+            .await
+            .map_err(|e| mysql::error("preparing the query", &e))?;
+        let mut catalogs: HashMap<String, Vec<CatalogColumn>> = HashMap::new();
+        let mut cols: Vec<Col> = Vec::new();
+        let described: Vec<(String, String, sqlx::ColumnOrigin)> = stmt
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.name().to_string(),
+                    c.type_info().name().to_string(),
+                    c.origin(),
+                )
+            })
+            .collect();
+        for (name, type_name, origin) in described {
+            if cols.iter().any(|c| c.name == name) {
+                return Err(DataError::Invalid(format!(
+                    "the query returns two columns named `{name}`; name them apart with AS"
+                )));
+            }
+            let mut kind = None;
+            if let sqlx::ColumnOrigin::Table(t) = origin {
+                let key = t.table.to_string();
+                if !catalogs.contains_key(&key) {
+                    let (schema, table) = match key.split_once('.') {
+                        Some((s, t)) => (Some(s), t),
+                        None => (None, key.as_str()),
+                    };
+                    let found = mysql::catalog(&mut my.conn, schema, table).await?;
+                    catalogs.insert(key.clone(), found);
+                }
+                if let Some(c) = catalogs
+                    .get(&key)
+                    .and_then(|cs| cs.iter().find(|c| c.name == *t.name))
+                {
+                    kind = Some(kind_from_catalog(&name, c).map_err(DataError::Invalid)?);
+                }
+            }
+            let kind = match kind {
+                Some(k) => k,
+                None => kind_from_type_name(&name, &type_name).map_err(DataError::Invalid)?,
+            };
+            let declared = self
+                .declared
+                .get(&name)
+                .filter(|c| c.format.is_none() && kind != ReadKind::Binary)
+                .map(|c| c.data_type.clone());
+            let target = match (&declared, &kind) {
+                (Some(t), _) => Some(t.clone()),
+                (None, ReadKind::Decimal(None)) => None,
+                (None, k) => Some(k.data_type()),
+            };
+            let acc = match kind {
+                ReadKind::Binary => Acc::Bin(BinaryBuilder::new()),
+                _ => Acc::Text(StringBuilder::new()),
+            };
+            cols.push(Col {
+                name,
+                kind,
+                target,
+                acc,
+            });
+        }
+        Ok(cols)
+    }
+
+    async fn read(&self, out: &mut Out) -> Result<(), DataError> {
+        let mut my = mysql::connect(&self.url, &self.redactor, "").await?;
+        let mut cols = self.columns(&mut my).await?;
+        let mut schema: Option<SchemaRef> = None;
+        let mut stream = sqlx::raw_sql(sqlx::AssertSqlSafe(self.query.clone())).fetch(&mut my.conn);
+        let mut rows_in_batch = 0usize;
+        let mut first_row: u64 = 0;
+        let mut bytes: u64 = 0;
+        loop {
+            let next = {
+                let closed = async {
+                    match &out.tx {
+                        Some(tx) => tx.closed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = stream.next() => r,
+                    _ = self.cancel.cancelled() => return Err(DataError::Cancelled),
+                    _ = closed => return Ok(()),
+                }
+            };
+            let Some(row) = next else { break };
+            let row = row.map_err(|e| mysql::error("reading the rows", &e))?;
+            let row_no = first_row + rows_in_batch as u64 + 1;
+            for (i, col) in cols.iter_mut().enumerate() {
+                let v: Option<&[u8]> = row.try_get_unchecked(i).map_err(|e| {
+                    DataError::Invalid(format!("row {row_no}, column `{}`: {e}", col.name))
+                })?;
+                bytes += v.map_or(0, |b| b.len() as u64);
+                match (&mut col.acc, v) {
+                    (Acc::Bin(b), v) => b.append_option(v),
+                    (Acc::Text(b), None) => b.append_null(),
+                    (Acc::Text(b), Some(raw)) => {
+                        let text = std::str::from_utf8(raw).map_err(|_| {
+                            DataError::Invalid(format!(
+                                "row {row_no}, column `{}`: the text is not UTF-8",
+                                col.name
+                            ))
+                        })?;
+                        let zero_date = matches!(
+                            col.kind,
+                            ReadKind::Date | ReadKind::DateTime | ReadKind::Timestamp
+                        ) && text.starts_with("0000-00-00");
+                        if zero_date {
+                            b.append_null();
+                        } else {
+                            b.append_value(text);
+                        }
+                    }
+                }
+            }
+            rows_in_batch += 1;
+            if rows_in_batch >= self.batch_size {
+                self.bytes.fetch_add(bytes, Ordering::Relaxed);
+                bytes = 0;
+                let batch = finish(&mut cols, &mut schema, first_row)?;
+                if !self.send(out, batch).await? {
+                    return Ok(());
+                }
+                first_row += rows_in_batch as u64;
+                rows_in_batch = 0;
+            }
+        }
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if rows_in_batch > 0 || schema.is_none() {
+            let batch = finish(&mut cols, &mut schema, first_row)?;
+            if batch.num_rows() == 0 {
+                out.open(batch.schema()).await;
+            } else {
+                self.send(out, batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a batch (handing over the schema first, with the first batch); `Ok(false)` when
+    /// nobody is listening any more.
+    async fn send(&self, out: &mut Out, batch: RecordBatch) -> Result<bool, DataError> {
+        if self.cancel.is_cancelled() {
+            return Err(DataError::Cancelled);
+        }
+        if !out.open(batch.schema()).await {
+            return Ok(false);
+        }
+        match &out.tx {
+            Some(tx) => Ok(tx.send(Ok(batch)).await.is_ok()),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Turns the rows read so far into a batch of the columns' types (fixing the schema with
+/// the first batch).
+fn finish(
+    cols: &mut [Col],
+    schema: &mut Option<SchemaRef>,
+    first_row: u64,
+) -> Result<RecordBatch, DataError> {
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(cols.len());
+    for col in cols.iter_mut() {
+        let raw: ArrayRef = match &mut col.acc {
+            Acc::Text(b) => Arc::new(b.finish()),
+            Acc::Bin(b) => Arc::new(b.finish()),
+        };
+        let target = match &col.target {
+            Some(t) => t.clone(),
+            None => {
+                let s = raw
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .map_or(10, scale_of);
+                let t = DataType::Decimal128(38, s);
+                col.target = Some(t.clone());
+                t
+            }
+        };
+        let fail = |f: CastFailure| match f {
+            CastFailure::Value { index, value } => DataError::Invalid(format!(
+                "row {}, column `{}`: value `{value}` is not a valid {target}",
+                first_row + index as u64 + 1,
+                col.name
+            )),
+            CastFailure::Types(e) => DataError::Invalid(format!("column `{}`: {e}", col.name)),
+        };
+        let array = if col.kind == ReadKind::Bool && target == DataType::Boolean {
+            // Any non-zero TINYINT(1) is true.
+            let ints = cast_checked(&raw, &DataType::Int64).map_err(&fail)?;
+            cast_checked(&ints, &DataType::Boolean).map_err(&fail)?
+        } else {
+            cast_checked(&raw, &target).map_err(&fail)?
+        };
+        arrays.push(array);
+    }
+    let schema = schema
+        .get_or_insert_with(|| {
+            Arc::new(Schema::new(
+                cols.iter()
+                    .zip(&arrays)
+                    .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .clone();
+    RecordBatch::try_new(schema, arrays)
+        .map_err(|e| DataError::Invalid(format!("building a batch: {e}")))
+}
+
+impl MysqlSource {
+    fn query(&self, cx: &SourceContext<'_>) -> Result<String, DataError> {
+        match (&self.query, &self.table) {
+            (Some(q), _) => {
+                let mut vars = cx.task.vars.clone();
+                if let Some(w) = cx.watermark {
+                    vars.watermark = w.clone();
+                }
+                let q = cx
+                    .task
+                    .templates
+                    .render(q, Escape::Sql, &vars)
+                    .map_err(DataError::Invalid)?;
+                let mut t = q.trim();
+                while let Some(rest) = t.strip_suffix(';') {
+                    t = rest.trim_end();
+                }
+                Ok(t.to_string())
+            }
+            (None, Some(t)) => {
+                let t = cx
+                    .task
+                    .render(t, Escape::Plain)
+                    .map_err(|e| DataError::Invalid(e.to_string()))?;
+                let name = TableName::parse(&t).map_err(DataError::Invalid)?;
+                Ok(format!("SELECT * FROM {}", mysql::quote_table(&name)))
+            }
+            (None, None) => Err(DataError::Invalid("no `query` or `table`".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for MysqlSource {
+    fn describe(&self) -> String {
+        let what = match (&self.query, &self.table) {
+            (_, Some(t)) => format!("table {t}"),
+            _ => "query".to_string(),
+        };
+        format!("mysql {} ({what})", mysql::safe_target(&self.url))
+    }
+
+    async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
+        let url = cx
+            .task
+            .render(&self.url, Escape::Plain)
+            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let query = self.query(cx)?;
+        let reader = Reader {
+            url,
+            query,
+            declared: cx.columns.clone(),
+            batch_size: cx.task.data.batch_size.max(1),
+            cancel: cx.task.cancel.clone(),
+            bytes: cx.bytes_read.clone(),
+            redactor: cx.task.log.redactor(),
+        };
+        let (schema_tx, schema_rx) = oneshot::channel();
+        let (sender_tx, sender_rx) = oneshot::channel();
+        tokio::spawn(reader.run(schema_tx, sender_rx));
+        let schema = schema_rx.await.map_err(|_| {
+            DataError::Io("the MySQL reader stopped before it had the columns".into())
+        })??;
+        let (tx, df) = channel_frame(cx.session, schema)?;
+        let _ = sender_tx.send(tx);
+        Ok(df)
+    }
+}

@@ -1,0 +1,565 @@
+//! `source: sqlite`: the rows of a query (or a whole table) from a SQLite database file,
+//! opened read-only (cauce never writes to it, and a missing file is an error, not a new
+//! empty database), streamed row by row (sqlx `fetch`) into Arrow batches of `batch_size`
+//! rows. `path` is templated and relative to the working directory; `query` is rendered
+//! with SQL escaping (`{{ params.x }}`, `{{ watermark }}` become quoted literals).
+//!
+//! SQLite stores any value in any column, so a column's Arrow type comes from its declared
+//! type when it is read straight from a table: INTEGER/INT/BIGINT... Int64, REAL/FLOAT/
+//! DOUBLE Float64, DECIMAL(p,s)/NUMERIC(p,s) Decimal128(p,s) (other NUMERIC Float64),
+//! TEXT/VARCHAR/CHAR/CLOB text, BLOB Binary, BOOLEAN Boolean (zero is false), DATE Date32,
+//! DATETIME/TIMESTAMP Timestamp(us) (ISO-8601 text, as SQLite's date functions write it, or
+//! integer Unix seconds). An expression, or a column declared with no or another type, takes
+//! the type of the first batch's values: integers Int64, integers and reals Float64, text
+//! Utf8, blobs Binary (all NULL: Utf8). A declared `columns:` type wins over both. A value
+//! that does not fit its column's type is an error naming the row and column.
+
+use super::{Source, SourceContext};
+use crate::data::postgres::{cast_checked, CastFailure, TableName};
+use crate::data::stream::{channel_frame, stream_error, BatchSender};
+use crate::data::types::{quote_ident, ColumnType};
+use crate::data::DataError;
+use crate::spec::error::SpecError;
+use crate::tasks::BuildContext;
+use crate::template::Escape;
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::DataFrame;
+use futures_util::StreamExt;
+use indexmap::IndexMap;
+use marked_yaml::Node;
+use serde::Deserialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+/// The `sqlite` source.
+#[derive(Debug)]
+pub struct SqliteSource {
+    path: String,
+    query: Option<String>,
+    table: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SqliteSpec {
+    path: String,
+    query: Option<String>,
+    table: Option<String>,
+}
+
+/// Builds from `path` and `query` or `table`.
+pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
+    let spec: SqliteSpec = cx.decode(node)?;
+    match (&spec.query, &spec.table) {
+        (Some(_), Some(_)) => {
+            return Err(cx.error(
+                node,
+                "give either `query` or `table`, not both (a table is `SELECT * FROM` it)",
+            ))
+        }
+        (None, None) => {
+            return Err(cx.error(node, "`source: sqlite` needs `query` (a SELECT) or `table`"))
+        }
+        (Some(q), None) if q.trim().is_empty() => return Err(cx.error(node, "`query` is empty")),
+        _ => {}
+    }
+    Ok(Arc::new(SqliteSource {
+        path: spec.path,
+        query: spec.query,
+        table: spec.table,
+    }))
+}
+
+/// What a column is read as.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    /// A known Arrow type.
+    Known(DataType),
+    /// Decided by the first batch's values.
+    FromValues,
+}
+
+/// The type a declared column type gives, by SQLite's affinity rules plus the common
+/// names (`None`: no declared type, or one that says nothing about the values).
+fn declared_kind(decl: &str) -> Option<DataType> {
+    let d = decl.trim().to_ascii_lowercase();
+    if d.is_empty() {
+        return None;
+    }
+    if d.starts_with("decimal") || d.starts_with("numeric") {
+        return match crate::data::types::parse_type(&d) {
+            Ok(t) if d.contains('(') => Some(t),
+            _ => Some(DataType::Float64),
+        };
+    }
+    Some(match d.as_str() {
+        "bool" | "boolean" => DataType::Boolean,
+        "date" => DataType::Date32,
+        "datetime" | "timestamp" => DataType::Timestamp(TimeUnit::Microsecond, None),
+        _ if d.contains("int") => DataType::Int64,
+        _ if d.contains("char") || d.contains("clob") || d.contains("text") => DataType::Utf8,
+        _ if d.contains("blob") => DataType::Binary,
+        _ if d.contains("real") || d.contains("floa") || d.contains("doub") => DataType::Float64,
+        _ => return None,
+    })
+}
+
+/// The storage classes seen in a column of the first batch.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    int: bool,
+    real: bool,
+    text: bool,
+    blob: bool,
+}
+
+impl Seen {
+    fn data_type(&self) -> DataType {
+        if self.blob && !self.text && !self.int && !self.real {
+            DataType::Binary
+        } else if self.text || self.blob {
+            DataType::Utf8
+        } else if self.real {
+            DataType::Float64
+        } else if self.int {
+            DataType::Int64
+        } else {
+            DataType::Utf8
+        }
+    }
+}
+
+struct Col {
+    name: String,
+    kind: Kind,
+    seen: Seen,
+    text: StringBuilder,
+    bin: BinaryBuilder,
+}
+
+impl Col {
+    /// Adds a value to the builders the column's type needs (both while the first batch
+    /// decides it).
+    fn push(&mut self, text: Option<&str>, bytes: Option<&[u8]>) {
+        let binary = self.kind == Kind::Known(DataType::Binary);
+        if !binary {
+            self.text.append_option(text);
+        }
+        if binary || self.kind == Kind::FromValues {
+            self.bin.append_option(bytes);
+        }
+    }
+
+    fn target(&self) -> DataType {
+        match &self.kind {
+            Kind::Known(t) => t.clone(),
+            Kind::FromValues => self.seen.data_type(),
+        }
+    }
+}
+
+struct Reader {
+    path: PathBuf,
+    query: String,
+    declared: IndexMap<String, ColumnType>,
+    batch_size: usize,
+    cancel: CancellationToken,
+    bytes: Arc<AtomicU64>,
+}
+
+struct Out {
+    schema_tx: Option<oneshot::Sender<Result<SchemaRef, DataError>>>,
+    sender_rx: Option<oneshot::Receiver<BatchSender>>,
+    tx: Option<BatchSender>,
+}
+
+impl Out {
+    async fn fail(&mut self, e: DataError) {
+        if let Some(s) = self.schema_tx.take() {
+            let _ = s.send(Err(e));
+        } else if let Some(tx) = &self.tx {
+            let _ = tx.send(Err(stream_error(e))).await;
+        }
+    }
+
+    async fn open(&mut self, schema: SchemaRef) -> bool {
+        let (Some(s), Some(rx)) = (self.schema_tx.take(), self.sender_rx.take()) else {
+            return self.tx.is_some();
+        };
+        if s.send(Ok(schema)).is_err() {
+            return false;
+        }
+        match rx.await {
+            Ok(tx) => {
+                self.tx = Some(tx);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+fn sql_error(what: &str, e: &sqlx::Error) -> DataError {
+    match e {
+        sqlx::Error::Database(db) => DataError::Invalid(format!("{what}: {}", db.message())),
+        sqlx::Error::Io(_) => DataError::Io(format!("{what}: {e}")),
+        other => DataError::Invalid(format!("{what}: {other}")),
+    }
+}
+
+impl Reader {
+    async fn run(
+        self,
+        schema_tx: oneshot::Sender<Result<SchemaRef, DataError>>,
+        sender_rx: oneshot::Receiver<BatchSender>,
+    ) {
+        let mut out = Out {
+            schema_tx: Some(schema_tx),
+            sender_rx: Some(sender_rx),
+            tx: None,
+        };
+        if let Err(e) = self.read(&mut out).await {
+            out.fail(e).await;
+        }
+    }
+
+    async fn declared_type(
+        conn: &mut SqliteConnection,
+        table: &str,
+        column: &str,
+    ) -> Option<String> {
+        let (schema, table) = match table.split_once('.') {
+            Some((s, t)) => (s.to_string(), t.to_string()),
+            None => ("main".to_string(), table.to_string()),
+        };
+        let sql = format!(
+            "SELECT type FROM {}.pragma_table_info(?) WHERE name = ?",
+            quote_ident(&schema)
+        );
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .bind(table)
+            .bind(column)
+            .fetch_optional(&mut *conn)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn columns(&self, conn: &mut SqliteConnection) -> Result<Vec<Col>, DataError> {
+        let stmt = conn
+            .prepare(sqlx::AssertSqlSafe(self.query.clone()).into_sql_str())
+            .await
+            .map_err(|e| sql_error("preparing the query", &e))?;
+        let described: Vec<(String, String, sqlx::ColumnOrigin)> = stmt
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.name().to_string(),
+                    c.type_info().name().to_string(),
+                    c.origin(),
+                )
+            })
+            .collect();
+        let mut cols: Vec<Col> = Vec::new();
+        for (name, _type_name, origin) in described {
+            if cols.iter().any(|c| c.name == name) {
+                return Err(DataError::Invalid(format!(
+                    "the query returns two columns named `{name}`; name them apart with AS"
+                )));
+            }
+            let mut kind = Kind::FromValues;
+            if let sqlx::ColumnOrigin::Table(t) = &origin {
+                if let Some(decl) = Self::declared_type(conn, &t.table, &t.name).await {
+                    if let Some(dt) = declared_kind(&decl) {
+                        kind = Kind::Known(dt);
+                    }
+                }
+            }
+            if let Some(c) = self.declared.get(&name).filter(|c| c.format.is_none()) {
+                kind = Kind::Known(c.data_type.clone());
+            }
+            cols.push(Col {
+                name,
+                kind,
+                seen: Seen::default(),
+                text: StringBuilder::new(),
+                bin: BinaryBuilder::new(),
+            });
+        }
+        Ok(cols)
+    }
+
+    async fn read(&self, out: &mut Out) -> Result<(), DataError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .read_only(true)
+            .create_if_missing(false);
+        let mut conn = opts.connect().await.map_err(|e| {
+            DataError::Invalid(format!(
+                "cannot open the SQLite database {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        let mut cols = self.columns(&mut conn).await?;
+        let mut schema: Option<SchemaRef> = None;
+        let mut stream = sqlx::query(sqlx::AssertSqlSafe(self.query.clone())).fetch(&mut conn);
+        let mut rows_in_batch = 0usize;
+        let mut first_row: u64 = 0;
+        let mut bytes = 0u64;
+        loop {
+            let next = {
+                let closed = async {
+                    match &out.tx {
+                        Some(tx) => tx.closed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    r = stream.next() => r,
+                    _ = self.cancel.cancelled() => return Err(DataError::Cancelled),
+                    _ = closed => return Ok(()),
+                }
+            };
+            let Some(row) = next else { break };
+            let row = row.map_err(|e| sql_error("reading the rows", &e))?;
+            let row_no = first_row + rows_in_batch as u64 + 1;
+            for (i, col) in cols.iter_mut().enumerate() {
+                let value = row
+                    .try_get_raw(i)
+                    .map_err(|e| sql_error("reading the rows", &e))?;
+                let class = if value.is_null() {
+                    "NULL".to_string()
+                } else {
+                    value.type_info().name().to_string()
+                };
+                let bad = |e: sqlx::Error| {
+                    DataError::Invalid(format!("row {row_no}, column `{}`: {e}", col.name))
+                };
+                match class.as_str() {
+                    "NULL" => col.push(None, None),
+                    "INTEGER" => {
+                        col.seen.int = true;
+                        let v: i64 = row.try_get_unchecked(i).map_err(bad)?;
+                        bytes += 8;
+                        let text = match &col.kind {
+                            Kind::Known(DataType::Boolean) => (v != 0).to_string(),
+                            Kind::Known(DataType::Timestamp(..)) => {
+                                chrono::DateTime::from_timestamp(v, 0)
+                                    .map(|t| t.naive_utc().to_string())
+                                    .unwrap_or_else(|| v.to_string())
+                            }
+                            _ => v.to_string(),
+                        };
+                        col.push(Some(&text), Some(text.as_bytes()));
+                    }
+                    "REAL" => {
+                        col.seen.real = true;
+                        let v: f64 = row.try_get_unchecked(i).map_err(bad)?;
+                        bytes += 8;
+                        let text = v.to_string();
+                        col.push(Some(&text), Some(text.as_bytes()));
+                    }
+                    "BLOB" => {
+                        col.seen.blob = true;
+                        let v: &[u8] = row.try_get_unchecked(i).map_err(bad)?;
+                        bytes += v.len() as u64;
+                        let text = match &col.kind {
+                            Kind::FromValues | Kind::Known(DataType::Binary) => {
+                                String::from_utf8_lossy(v)
+                            }
+                            Kind::Known(t) => std::borrow::Cow::Borrowed(
+                                std::str::from_utf8(v).map_err(|_| {
+                                    DataError::Invalid(format!(
+                                        "row {row_no}, column `{}`: a blob where {t} was expected",
+                                        col.name
+                                    ))
+                                })?,
+                            ),
+                        };
+                        col.push(Some(&text), Some(v));
+                    }
+                    _ => {
+                        col.seen.text = true;
+                        let v: &str = row.try_get_unchecked(i).map_err(bad)?;
+                        bytes += v.len() as u64;
+                        col.push(Some(v), Some(v.as_bytes()));
+                    }
+                }
+            }
+            rows_in_batch += 1;
+            if rows_in_batch >= self.batch_size {
+                self.bytes.fetch_add(bytes, Ordering::Relaxed);
+                bytes = 0;
+                let batch = finish(&mut cols, &mut schema, first_row)?;
+                if !self.send(out, batch).await? {
+                    return Ok(());
+                }
+                first_row += rows_in_batch as u64;
+                rows_in_batch = 0;
+            }
+        }
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        if rows_in_batch > 0 || schema.is_none() {
+            let batch = finish(&mut cols, &mut schema, first_row)?;
+            if batch.num_rows() == 0 {
+                out.open(batch.schema()).await;
+            } else {
+                self.send(out, batch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, out: &mut Out, batch: RecordBatch) -> Result<bool, DataError> {
+        if self.cancel.is_cancelled() {
+            return Err(DataError::Cancelled);
+        }
+        if !out.open(batch.schema()).await {
+            return Ok(false);
+        }
+        match &out.tx {
+            Some(tx) => Ok(tx.send(Ok(batch)).await.is_ok()),
+            None => Ok(false),
+        }
+    }
+}
+
+/// The rows read so far as a batch; the first one fixes the columns' types.
+fn finish(
+    cols: &mut [Col],
+    schema: &mut Option<SchemaRef>,
+    first_row: u64,
+) -> Result<RecordBatch, DataError> {
+    if schema.is_none() {
+        for c in cols.iter_mut() {
+            if c.kind == Kind::FromValues {
+                c.kind = Kind::Known(c.seen.data_type());
+            }
+        }
+    }
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(cols.len());
+    for col in cols.iter_mut() {
+        let target = col.target();
+        let text: ArrayRef = Arc::new(col.text.finish());
+        let bin: ArrayRef = Arc::new(col.bin.finish());
+        let raw = if target == DataType::Binary {
+            bin
+        } else {
+            text
+        };
+        let array = cast_checked(&raw, &target).map_err(|f| match f {
+            CastFailure::Value { index, value } => DataError::Invalid(format!(
+                "row {}, column `{}`: value `{value}` is not a valid {target}",
+                first_row + index as u64 + 1,
+                col.name
+            )),
+            CastFailure::Types(e) => DataError::Invalid(format!("column `{}`: {e}", col.name)),
+        })?;
+        arrays.push(array);
+    }
+    let schema = schema
+        .get_or_insert_with(|| {
+            Arc::new(Schema::new(
+                cols.iter()
+                    .zip(&arrays)
+                    .map(|(c, a)| Field::new(&c.name, a.data_type().clone(), true))
+                    .collect::<Vec<_>>(),
+            ))
+        })
+        .clone();
+    RecordBatch::try_new(schema, arrays)
+        .map_err(|e| DataError::Invalid(format!("building a batch: {e}")))
+}
+
+impl SqliteSource {
+    fn query(&self, cx: &SourceContext<'_>) -> Result<String, DataError> {
+        match (&self.query, &self.table) {
+            (Some(q), _) => {
+                let mut vars = cx.task.vars.clone();
+                if let Some(w) = cx.watermark {
+                    vars.watermark = w.clone();
+                }
+                cx.task
+                    .templates
+                    .render(q, Escape::Sql, &vars)
+                    .map_err(DataError::Invalid)
+            }
+            (None, Some(t)) => {
+                let t = cx
+                    .task
+                    .render(t, Escape::Plain)
+                    .map_err(|e| DataError::Invalid(e.to_string()))?;
+                let name = TableName::parse(&t).map_err(DataError::Invalid)?;
+                Ok(format!("SELECT * FROM {}", name.quoted()))
+            }
+            (None, None) => Err(DataError::Invalid("no `query` or `table`".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl Source for SqliteSource {
+    fn describe(&self) -> String {
+        match &self.table {
+            Some(t) => format!("sqlite {} (table {t})", self.path),
+            None => format!("sqlite {} (query)", self.path),
+        }
+    }
+
+    fn check(&self, base_dir: &Path) -> Vec<String> {
+        if self.path.contains("{{") || self.path.contains("${") {
+            return vec![];
+        }
+        let p = base_dir.join(&self.path);
+        if p.is_file() {
+            vec![]
+        } else {
+            vec![format!(
+                "the SQLite database `{}` does not exist (looked in {})",
+                self.path,
+                base_dir.display()
+            )]
+        }
+    }
+
+    async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
+        let rendered = cx
+            .task
+            .render(&self.path, Escape::Plain)
+            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let path = cx.task.work_dir.join(&rendered);
+        if !path.is_file() {
+            return Err(DataError::Invalid(format!(
+                "no SQLite database at {}",
+                path.display()
+            )));
+        }
+        let reader = Reader {
+            path,
+            query: self.query(cx)?,
+            declared: cx.columns.clone(),
+            batch_size: cx.task.data.batch_size.max(1),
+            cancel: cx.task.cancel.clone(),
+            bytes: cx.bytes_read.clone(),
+        };
+        let (schema_tx, schema_rx) = oneshot::channel();
+        let (sender_tx, sender_rx) = oneshot::channel();
+        tokio::spawn(reader.run(schema_tx, sender_rx));
+        let schema = schema_rx.await.map_err(|_| {
+            DataError::Io("the SQLite reader stopped before it had the columns".into())
+        })??;
+        let (tx, df) = channel_frame(cx.session, schema)?;
+        let _ = sender_tx.send(tx);
+        Ok(df)
+    }
+}
