@@ -15,6 +15,7 @@ pub mod python;
 pub mod run;
 pub mod sensor;
 pub mod sql;
+pub mod validate;
 
 use crate::process::{self, LogFile, ProcessStats};
 use crate::spec::error::{Location, SpecError};
@@ -42,6 +43,7 @@ pub const KINDS: &[(&str, BuildFn)] = &[
     ("http", http::build),
     ("extract", extract::build),
     ("sql", sql::build),
+    ("validate", validate::build),
     ("load", load::build),
     ("pipeline", pipeline::build),
     ("sensor", sensor::build),
