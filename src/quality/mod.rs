@@ -5,6 +5,7 @@
 //! the outputs it is given names for and returns reports, but it decodes no specs (that is
 //! [`crate::tasks::validate`] and [`crate::tasks::reconcile`]) and never touches the store.
 
+pub mod reconcile;
 pub mod validate;
 
 use crate::data::types::quote_literal;

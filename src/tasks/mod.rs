@@ -12,6 +12,7 @@ pub mod http;
 pub mod load;
 pub mod pipeline;
 pub mod python;
+pub mod reconcile;
 pub mod run;
 pub mod sensor;
 pub mod sql;
@@ -44,6 +45,7 @@ pub const KINDS: &[(&str, BuildFn)] = &[
     ("extract", extract::build),
     ("sql", sql::build),
     ("validate", validate::build),
+    ("reconcile", reconcile::build),
     ("load", load::build),
     ("pipeline", pipeline::build),
     ("sensor", sensor::build),
