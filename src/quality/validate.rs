@@ -847,16 +847,14 @@ pub async fn run(
         let newest_text = newest
             .and_then(DateTime::from_timestamp_micros)
             .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S").to_string());
-        let (stale, msg) = match newest {
-            None => (true, format!("{}: no values, so no fresh data", f.column)),
+        let (stale, detail) = match newest {
+            None => (true, "no values, so no fresh data".to_string()),
             Some(n) => {
                 let age = Duration::from_micros((logical - n).max(0) as u64);
-                let stale = age > f.max_age;
                 (
-                    stale,
+                    age > f.max_age,
                     format!(
-                        "{}: newest value {} is {} older than the logical date {} (max_age {})",
-                        f.column,
+                        "newest value {} is {} older than the logical date {} (max_age {})",
                         newest_text.clone().unwrap_or_default(),
                         crate::spec::duration::format_duration(age),
                         env.logical_date.format("%Y-%m-%dT%H:%M:%SZ"),
@@ -865,8 +863,12 @@ pub async fn run(
                 )
             }
         };
+        let msg = format!("{}: {detail}", f.column);
         if stale && action == Action::Fail {
-            failures.push(format!("rule `freshness` failed on column `{msg}"));
+            failures.push(format!(
+                "rule `freshness` failed on column `{}`: {detail}",
+                f.column
+            ));
         }
         validations.push(json!({
             "validation": "freshness",

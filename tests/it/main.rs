@@ -5,6 +5,7 @@
 //! - `cli`: validation, listing, init, dry runs, params and error exit codes.
 //! - `engine`: retries, timeouts, critical failures, triggers, cancellation, kill -9 recovery.
 //! - `data`: extract, sql and load end to end; files read back with DuckDB and pyarrow.
+//! - `quality`: validate (rules, quarantine, populations, report) and reconcile/merge.
 //! - `data_http`: the http_api source against a local HTTP server: pagination, retries, auth.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
@@ -19,6 +20,7 @@ mod data;
 mod data_http;
 mod engine;
 mod fuzz;
+mod quality;
 mod server;
 mod store;
 mod tasks;
