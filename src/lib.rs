@@ -12,6 +12,7 @@
 //! - [`data`]: the data plane's shared parts: the query-engine session (memory limit,
 //!   spilling), datasets between tasks, column types.
 //! - [`sources`], [`sinks`]: where `extract` reads and `load` writes, one file each.
+//! - [`quality`]: the rules engine of `validate` and the comparison of `reconcile`.
 //! - [`engine`]: executes a run through the store's queue: triggers, slots, retries,
 //!   timeouts, cancellation, crash recovery, reports.
 //! - [`store`]: the one `Store` trait and its SQL implementation (SQLite, PostgreSQL).
@@ -29,6 +30,7 @@ pub mod data;
 pub mod engine;
 pub mod process;
 pub mod project;
+pub mod quality;
 pub mod schedule;
 pub mod secrets;
 pub mod server;

@@ -1,6 +1,6 @@
 //! Datasets: the output of an `extract`, `sql` (or `validate`) task, materialised as zstd
 //! Parquet files in a folder named by the task id under the run's data folder
-//! (`.cauce/data/RUN/TASK/`). A dataset is written under a temporary name and renamed when
+//! (`.cauce/data/RUN/TASK/`); a task's named extra outputs are folders `TASK@NAME`. A dataset is written under a temporary name and renamed when
 //! complete, so a folder with the task's name is always a whole dataset; a retried run finds
 //! the datasets of tasks that succeeded where they were and reads them again. Old runs'
 //! folders are removed by [`prune`] (the `data.retention` setting).
@@ -27,6 +27,39 @@ pub struct Written {
 /// The folder of task `task_id`'s dataset in a run's data folder.
 pub fn dir(run_data_dir: &Path, task_id: &str) -> PathBuf {
     run_data_dir.join(task_id)
+}
+
+/// The name of a task's named extra output (`check@quarantine`, `rec@only_left`): a
+/// dataset like the main one, in a folder of that name. `@` cannot appear in task ids, so
+/// the names never clash with a task's.
+pub fn output_name(task_id: &str, output: &str) -> String {
+    format!("{task_id}@{output}")
+}
+
+/// The folder of task `task_id`'s named output `output`.
+pub fn output_dir(run_data_dir: &Path, task_id: &str, output: &str) -> PathBuf {
+    dir(run_data_dir, &output_name(task_id, output))
+}
+
+/// The task a dataset name belongs to: `check` for `check@quarantine` and for `check`.
+pub fn owner(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+/// The named outputs task `task_id` has in the run (`check@quarantine`...), sorted.
+pub fn outputs(run_data_dir: &Path, task_id: &str) -> Vec<String> {
+    let prefix = format!("{task_id}@");
+    let mut v: Vec<String> = std::fs::read_dir(run_data_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 /// Whether task `task_id` of the run has a complete dataset.

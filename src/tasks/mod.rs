@@ -12,9 +12,11 @@ pub mod http;
 pub mod load;
 pub mod pipeline;
 pub mod python;
+pub mod reconcile;
 pub mod run;
 pub mod sensor;
 pub mod sql;
+pub mod validate;
 
 use crate::process::{self, LogFile, ProcessStats};
 use crate::spec::error::{Location, SpecError};
@@ -42,6 +44,8 @@ pub const KINDS: &[(&str, BuildFn)] = &[
     ("http", http::build),
     ("extract", extract::build),
     ("sql", sql::build),
+    ("validate", validate::build),
+    ("reconcile", reconcile::build),
     ("load", load::build),
     ("pipeline", pipeline::build),
     ("sensor", sensor::build),

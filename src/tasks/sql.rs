@@ -1,5 +1,6 @@
 //! `sql`: a DataFusion SQL query over the upstream datasets, each a table named by its task
-//! id; the result is this task's dataset. Written as `sql: "SELECT ..."`, or
+//! id (and a task's named outputs, such as `"check@quarantine"`); the result is this task's
+//! dataset. Written as `sql: "SELECT ..."`, or
 //! `sql: {query: ...}` / `sql: {file: queries/x.sql}`. Run params reach the query two safe
 //! ways: `$name` placeholders bound as typed values, and `{{ params.name }}` templates
 //! rendered as quoted SQL literals. Only queries run: statements that create tables, write
@@ -66,14 +67,20 @@ pub fn scalar(v: &serde_json::Value) -> ScalarValue {
     }
 }
 
-/// Registers the datasets of `tables` that exist in the run as tables of `session`.
+/// Registers the datasets of `tables` that exist in the run as tables of `session`, and
+/// their named outputs (`"check@quarantine"`, written in double quotes).
 pub async fn register_upstream(
     session: &SessionContext,
     data_dir: &Path,
     tables: &[String],
 ) -> Result<Vec<String>, DataError> {
     let mut registered = Vec::new();
+    let mut all: Vec<String> = Vec::new();
     for t in tables {
+        all.push(t.clone());
+        all.extend(dataset::outputs(data_dir, t));
+    }
+    for t in &all {
         if !dataset::exists(data_dir, t) {
             continue;
         }

@@ -8,6 +8,7 @@
 //! - `data_db`: the PostgreSQL, MySQL/MariaDB and SQLite sources and sinks against real servers.
 //! - `data_files`: file formats (JSON, NDJSON, Parquet, Excel in and out, decimal commas).
 //! - `data_http`: the http_api source against a local HTTP server: pagination, retries, auth.
+//! - `quality`: validate (rules, quarantine, populations, report) and reconcile/merge.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
 //! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
@@ -23,6 +24,7 @@ mod data_files;
 mod data_http;
 mod engine;
 mod fuzz;
+mod quality;
 mod server;
 mod store;
 mod tasks;
