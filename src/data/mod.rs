@@ -1,7 +1,9 @@
 //! The data plane's shared parts: the DataFusion session every data task runs in (with its
 //! memory limit and spill folder), datasets (the materialised output of a task, read by the
-//! tasks downstream), column types as users write them, and the error type sources and
-//! sinks return. What reads data lives in [`crate::sources`], what writes it in
+//! tasks downstream), column types as users write them, JSON records built into Arrow
+//! batches ([`records`], for the sources that read JSON), connections and type mappings
+//! shared by each database's source and sink ([`postgres`], [`mysql`]), and the error type
+//! sources and sinks return. What reads data lives in [`crate::sources`], what writes it in
 //! [`crate::sinks`]; the task kinds that use them are `extract`, `sql` and `load` in
 //! [`crate::tasks`]. Nothing here touches the store.
 
@@ -9,6 +11,7 @@ pub mod dataset;
 pub mod memory;
 pub mod mysql;
 pub mod postgres;
+pub mod records;
 pub mod stream;
 pub mod types;
 

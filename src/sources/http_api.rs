@@ -4,7 +4,7 @@
 //! cursor read from the body, an RFC 8288 `Link` header, a next URL in the body), pacing
 //! (`rate_limit`), its own retries of 429, 5xx and connection errors with exponential backoff
 //! that honours `Retry-After`, and turning each page's records into Arrow batches as the
-//! page arrives. It leaves declared column types, the incremental filter and writing the
+//! page arrives (with [`crate::data::records`], under the rules below). It leaves declared column types, the incremental filter and writing the
 //! dataset to the `extract` task, and retries of the whole task to the engine.
 //!
 //! Limits: only JSON bodies; a page is held whole while it is converted (at most
@@ -18,6 +18,7 @@
 //! parameters always go in the query string, even for POST.
 
 use super::{Source, SourceContext};
+use crate::data::records::{Column, Inference, Misfits, Rows, Rules};
 use crate::data::stream::{channel_frame, stream_error, BatchSender};
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -28,11 +29,7 @@ use crate::spec::size::parse_size;
 use crate::tasks::{BuildContext, TaskContext};
 use crate::template::{Escape, RenderVars};
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
 use indexmap::IndexMap;
 use marked_yaml::Node;
@@ -40,7 +37,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -1431,201 +1428,101 @@ fn read_pointer(path: &JsonPath, body: &Value, page: u64) -> Result<Option<Strin
     }
 }
 
-/// A column's type as read from JSON.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Kind {
-    Int,
-    Float,
-    Bool,
-    Text,
-}
-
-impl Kind {
-    fn data_type(self) -> DataType {
-        match self {
-            Kind::Int => DataType::Int64,
-            Kind::Float => DataType::Float64,
-            Kind::Bool => DataType::Boolean,
-            Kind::Text => DataType::Utf8,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Int => "int",
-            Kind::Float => "double",
-            Kind::Bool => "bool",
-            Kind::Text => "string",
-        }
-    }
-}
-
-/// What the values of one field on the first page were.
-#[derive(Default)]
-struct Seen {
-    int: bool,
-    float: bool,
-    boolean: bool,
-    text: bool,
-}
-
-impl Seen {
-    fn add(&mut self, v: &Value) {
-        match v {
-            Value::Null => {}
-            Value::Bool(_) => self.boolean = true,
-            Value::Number(n) if n.is_i64() => self.int = true,
-            Value::Number(n) if n.is_f64() => self.float = true,
-            // Whole numbers past i64 stay exact as text.
-            _ => self.text = true,
-        }
-    }
-
-    fn kind(&self) -> Kind {
-        let number = self.int || self.float;
-        if self.text || (self.boolean && number) {
-            Kind::Text
-        } else if self.boolean {
-            Kind::Bool
-        } else if self.float {
-            Kind::Float
-        } else if self.int {
-            Kind::Int
-        } else {
-            Kind::Text
-        }
-    }
-}
+/// How the API source reads records: a value must be of its column's JSON type, whole
+/// numbers past Int64 stay exact as text, declared columns are read as text (the extract
+/// casts them) and are always there.
+const RULES: Rules = Rules {
+    flatten: false,
+    big_ints_as_text: true,
+    loose: false,
+    typed_declared: false,
+    keep_unseen_declared: true,
+};
 
 /// Columns from the first page's records: fields in order of first appearance, typed by
 /// their values; declared columns are read as text (the extract casts them) and are always
 /// there. Returns the columns and the declared ones no record had.
-fn infer(
-    records: &[Value],
-    declared: &IndexMap<String, ColumnType>,
-) -> (Vec<(String, Kind)>, Vec<String>) {
-    let mut fields: IndexMap<String, Seen> = IndexMap::new();
+fn infer(records: &[Value], declared: &IndexMap<String, ColumnType>) -> (Vec<Column>, Vec<String>) {
+    let mut seen = Inference::default();
     for r in records {
         if let Value::Object(m) = r {
-            for (k, v) in m {
-                fields.entry(k.clone()).or_default().add(v);
-            }
+            seen.record(m, &RULES);
         }
     }
-    let mut cols: Vec<(String, Kind)> = fields
-        .iter()
-        .map(|(k, s)| {
-            let kind = if declared.contains_key(k) {
-                Kind::Text
-            } else {
-                s.kind()
-            };
-            (k.clone(), kind)
-        })
+    let missing = declared
+        .keys()
+        .filter(|k| !seen.contains(k))
+        .cloned()
         .collect();
-    let mut missing = Vec::new();
-    for name in declared.keys() {
-        if !fields.contains_key(name) {
-            cols.push((name.clone(), Kind::Text));
-            missing.push(name.clone());
-        }
-    }
-    (cols, missing)
+    (seen.columns(declared, &RULES), missing)
 }
 
-enum Col {
-    Int(Int64Builder),
-    Float(Float64Builder),
-    Bool(BooleanBuilder),
-    Text(StringBuilder),
+/// Fields not on the first page, noted in the log once each (up to [`MAX_FIELD_NOTES`]).
+#[derive(Default)]
+struct Noted {
+    names: HashSet<String>,
+    more: bool,
 }
 
-impl Col {
-    fn new(kind: Kind, rows: usize) -> Col {
-        match kind {
-            Kind::Int => Col::Int(Int64Builder::with_capacity(rows)),
-            Kind::Float => Col::Float(Float64Builder::with_capacity(rows)),
-            Kind::Bool => Col::Bool(BooleanBuilder::with_capacity(rows)),
-            Kind::Text => Col::Text(StringBuilder::with_capacity(rows, rows * 16)),
-        }
-    }
-
-    /// Appends a value; `false` when it does not fit the column's type.
-    fn push(&mut self, v: Option<&Value>) -> bool {
-        match (self, v) {
-            (Col::Int(b), None | Some(Value::Null)) => b.append_null(),
-            (Col::Float(b), None | Some(Value::Null)) => b.append_null(),
-            (Col::Bool(b), None | Some(Value::Null)) => b.append_null(),
-            (Col::Text(b), None | Some(Value::Null)) => b.append_null(),
-            (Col::Int(b), Some(Value::Number(n))) if n.is_i64() => {
-                b.append_option(n.as_i64());
-            }
-            (Col::Float(b), Some(Value::Number(n))) => b.append_option(n.as_f64()),
-            (Col::Bool(b), Some(Value::Bool(x))) => b.append_value(*x),
-            (Col::Text(b), Some(Value::String(s))) => b.append_value(s),
-            // Numbers, booleans, objects and arrays as their JSON text.
-            (Col::Text(b), Some(other)) => b.append_value(other.to_string()),
-            _ => return false,
-        }
-        true
-    }
-
-    fn finish(self) -> ArrayRef {
-        match self {
-            Col::Int(mut b) => Arc::new(b.finish()),
-            Col::Float(mut b) => Arc::new(b.finish()),
-            Col::Bool(mut b) => Arc::new(b.finish()),
-            Col::Text(mut b) => Arc::new(b.finish()),
-        }
-    }
-}
-
-/// Turns records into batches of the inferred schema.
-struct Converter {
-    schema: SchemaRef,
-    kinds: Vec<Kind>,
-    index: HashMap<String, usize>,
-    batch_size: usize,
-    noted: HashSet<String>,
-    noted_more: bool,
-}
-
-impl Converter {
-    fn new(cols: Vec<(String, Kind)>, batch_size: usize) -> Converter {
-        let schema = Arc::new(Schema::new(
-            cols.iter()
-                .map(|(n, k)| Field::new(n, k.data_type(), true))
-                .collect::<Vec<_>>(),
-        ));
-        Converter {
-            schema,
-            kinds: cols.iter().map(|(_, k)| *k).collect(),
-            index: cols
-                .iter()
-                .enumerate()
-                .map(|(i, (n, _))| (n.clone(), i))
-                .collect(),
-            batch_size: batch_size.max(1),
-            noted: HashSet::new(),
-            noted_more: false,
-        }
-    }
-
-    fn note_new_field(&mut self, name: &str, page: u64, log: &LogFile) {
-        if self.noted.contains(name) || self.noted_more {
+impl Noted {
+    fn note(&mut self, name: &str, page: u64, log: &LogFile) {
+        if self.names.contains(name) || self.more {
             return;
         }
-        if self.noted.len() >= MAX_FIELD_NOTES {
-            self.noted_more = true;
+        if self.names.len() >= MAX_FIELD_NOTES {
+            self.more = true;
             log.note(&format!(
                 "page {page}: more fields not seen on the first page; they are ignored too"
             ));
             return;
         }
-        self.noted.insert(name.to_string());
+        self.names.insert(name.to_string());
         log.note(&format!(
             "page {page}: field `{name}` was not on the first page; it is ignored (declare it in `columns` to keep it)"
         ));
+    }
+}
+
+/// A record's misfits, named by its page and number.
+struct Place<'a> {
+    page: u64,
+    record: usize,
+    noted: &'a mut Noted,
+    log: &'a LogFile,
+}
+
+impl Misfits for Place<'_> {
+    fn unknown(&mut self, name: &str, _: &Value) -> Result<(), DataError> {
+        self.noted.note(name, self.page, self.log);
+        Ok(())
+    }
+
+    fn misfit(&mut self, column: &Column, name: &str, v: &Value, _: &str) -> DataError {
+        DataError::Invalid(format!(
+            "page {}, record {}: field `{name}` is {}, but the first page made it a column of type `{}`; declare it in `columns` (such as `{name}: string`)",
+            self.page,
+            self.record,
+            kind_of(v),
+            column.kind.name()
+        ))
+    }
+}
+
+/// Turns records into batches of the inferred schema.
+struct Converter {
+    rows: Rows,
+    batch_size: usize,
+    noted: Noted,
+}
+
+impl Converter {
+    fn new(cols: Vec<Column>, batch_size: usize) -> Converter {
+        let batch_size = batch_size.max(1);
+        Converter {
+            rows: Rows::new(cols, batch_size, RULES),
+            batch_size,
+            noted: Noted::default(),
+        }
     }
 
     /// One batch of `records` (numbered from `first` within page `page`).
@@ -1636,12 +1533,6 @@ impl Converter {
         first: usize,
         log: &LogFile,
     ) -> Result<RecordBatch, DataError> {
-        let mut cols: Vec<Col> = self
-            .kinds
-            .iter()
-            .map(|k| Col::new(*k, records.len()))
-            .collect();
-        let mut slots: Vec<Option<&Value>> = vec![None; cols.len()];
         for (i, r) in records.iter().enumerate() {
             let Value::Object(m) = r else {
                 return Err(DataError::Invalid(format!(
@@ -1650,29 +1541,15 @@ impl Converter {
                     kind_of(r)
                 )));
             };
-            slots.iter_mut().for_each(|s| *s = None);
-            for (k, v) in m {
-                match self.index.get(k) {
-                    Some(&c) => slots[c] = Some(v),
-                    None => self.note_new_field(k, page, log),
-                }
-            }
-            for (c, col) in cols.iter_mut().enumerate() {
-                if !col.push(slots[c]) {
-                    let name = self.schema.field(c).name();
-                    let v = slots[c].map(kind_of).unwrap_or("missing");
-                    return Err(DataError::Invalid(format!(
-                        "page {page}, record {}: field `{name}` is {v}, but the first page made it a column of type `{}`; declare it in `columns` (such as `{name}: string`)",
-                        first + i + 1,
-                        self.kinds[c].name()
-                    )));
-                }
-            }
+            let mut place = Place {
+                page,
+                record: first + i + 1,
+                noted: &mut self.noted,
+                log,
+            };
+            self.rows.push(m, &mut place)?;
         }
-        let arrays: Vec<ArrayRef> = cols.into_iter().map(Col::finish).collect();
-        let options = RecordBatchOptions::new().with_row_count(Some(records.len()));
-        RecordBatch::try_new_with_options(self.schema.clone(), arrays, &options)
-            .map_err(|e| DataError::Invalid(format!("page {page}: {e}")))
+        self.rows.finish(&format!("page {page}"))
     }
 }
 
@@ -1800,7 +1677,7 @@ impl Source for HttpApiSource {
             ));
         }
         let conv = Converter::new(cols, cx.task.data.batch_size);
-        let (tx, df) = channel_frame(cx.session, conv.schema.clone())?;
+        let (tx, df) = channel_frame(cx.session, conv.rows.schema())?;
         f.tx = Some(tx.clone());
         tokio::spawn(produce(f, pager, conv, tx, first));
         Ok(df)
@@ -1810,6 +1687,7 @@ impl Source for HttpApiSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::records::Kind;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -1900,7 +1778,7 @@ mod tests {
                 .unwrap(),
         );
         let (cols, missing) = infer(&records, &declared);
-        let kinds: Vec<(&str, Kind)> = cols.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+        let kinds: Vec<(&str, Kind)> = cols.iter().map(|c| (c.name.as_str(), c.kind)).collect();
         assert_eq!(
             kinds,
             vec![

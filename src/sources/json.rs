@@ -13,24 +13,21 @@
 //! `columns` is read in a way its type can take (a `decimal` from the number's exact text,
 //! a `timestamp` from its string) and cast by the extract.
 //!
-//! Owns reading and type inference; not the declared types (the extract applies them). A
+//! Owns reading, with its rules of inference; building records into batches is
+//! [`crate::data::records`], and the declared types are the extract's to apply. A
 //! malformed document is an error naming the file, line and column; a record with a field
 //! or a type the inferred records did not show is an error naming the file, line, record
 //! and field (raise `infer_rows` or declare the column). Files must be UTF-8 (a byte-order
 //! mark is skipped); compressed files are not read.
 
 use super::{total_size, Source, SourceContext};
+use crate::data::records::{self, Column, Inference, Misfits, Rows, Rules};
 use crate::data::stream::{channel_frame, stream_error, BatchSender};
 use crate::data::types::ColumnType;
 use crate::data::DataError;
 use crate::spec::error::{Location, SpecError};
 use crate::tasks::BuildContext;
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
 use indexmap::IndexMap;
 use marked_yaml::{Node, Spanned};
@@ -38,7 +35,6 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -150,70 +146,6 @@ pub fn build_ndjson(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, S
     }))
 }
 
-/// What a column is built as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Int,
-    Float,
-    Bool,
-    Text,
-}
-
-impl Kind {
-    fn data_type(self) -> DataType {
-        match self {
-            Kind::Int => DataType::Int64,
-            Kind::Float => DataType::Float64,
-            Kind::Bool => DataType::Boolean,
-            Kind::Text => DataType::Utf8,
-        }
-    }
-
-    /// The kind a declared type is read as (`None`: as inferred).
-    fn for_declared(t: &ColumnType) -> Option<Kind> {
-        match &t.data_type {
-            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => Some(Kind::Int),
-            DataType::Float32 | DataType::Float64 => Some(Kind::Float),
-            DataType::Boolean => Some(Kind::Bool),
-            DataType::Utf8
-            | DataType::Decimal128(..)
-            | DataType::Date32
-            | DataType::Timestamp(..) => Some(Kind::Text),
-            _ => None,
-        }
-    }
-}
-
-/// The kinds of values seen in one field during inference.
-#[derive(Debug, Default, Clone, Copy)]
-struct Seen {
-    int: bool,
-    float: bool,
-    bool: bool,
-    text: bool,
-}
-
-impl Seen {
-    fn mark(&mut self, v: &Value) {
-        match v {
-            Value::Null => {}
-            Value::Bool(_) => self.bool = true,
-            Value::Number(n) if n.is_i64() => self.int = true,
-            Value::Number(_) => self.float = true,
-            _ => self.text = true,
-        }
-    }
-
-    fn kind(self) -> Kind {
-        match (self.int, self.float, self.bool, self.text) {
-            (true, false, false, false) => Kind::Int,
-            (_, true, false, false) => Kind::Float,
-            (false, false, true, false) => Kind::Bool,
-            _ => Kind::Text,
-        }
-    }
-}
-
 /// Whether reading goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flow {
@@ -239,25 +171,6 @@ impl At<'_> {
             self.number
         ))
     }
-}
-
-/// Calls `each` for every field of a record (nested objects first flattened when asked).
-fn fields<'v>(
-    rec: &'v Map<String, Value>,
-    flatten: bool,
-    prefix: &str,
-    each: &mut dyn FnMut(&str, &'v Value) -> Result<(), DataError>,
-) -> Result<(), DataError> {
-    for (k, v) in rec {
-        match v {
-            Value::Object(inner) if flatten => {
-                fields(inner, true, &format!("{prefix}{k}."), each)?;
-            }
-            _ if prefix.is_empty() => each(k, v)?,
-            _ => each(&format!("{prefix}{k}"), v)?,
-        }
-    }
-    Ok(())
 }
 
 /// A [`Read`] that counts the lines it has handed out, for messages.
@@ -557,24 +470,17 @@ impl Walk<'_> {
     }
 }
 
-/// The columns to build: names and kinds in order.
-#[derive(Debug, Clone)]
-struct Plan {
-    names: Vec<String>,
-    kinds: Vec<Kind>,
-    /// The declared type of each column, as written (`None`: inferred).
-    declared: Vec<Option<String>>,
-}
-
-impl Plan {
-    fn schema(&self) -> SchemaRef {
-        Arc::new(Schema::new(
-            self.names
-                .iter()
-                .zip(&self.kinds)
-                .map(|(n, k)| Field::new(n, k.data_type(), true))
-                .collect::<Vec<_>>(),
-        ))
+impl JsonSource {
+    /// How these sources read records: values converted where they can be, declared
+    /// columns read as their type's kind, and only the fields the records show.
+    fn rules(&self) -> Rules {
+        Rules {
+            flatten: self.flatten,
+            big_ints_as_text: false,
+            loose: true,
+            typed_declared: true,
+            keep_unseen_declared: false,
+        }
     }
 }
 
@@ -584,22 +490,13 @@ fn infer(
     files: &[PathBuf],
     declared: &IndexMap<String, ColumnType>,
     cancel: &CancellationToken,
-) -> Result<Plan, DataError> {
-    let mut seen: IndexMap<String, Seen> = IndexMap::new();
+) -> Result<Vec<Column>, DataError> {
+    let rules = src.rules();
+    let mut seen = Inference::default();
     let mut left = src.infer_rows;
     for file in files {
         let flow = each_record(file, &src.layout, cancel, &mut |rec, _| {
-            fields(&rec, src.flatten, "", &mut |name, v| {
-                match seen.get_mut(name) {
-                    Some(s) => s.mark(v),
-                    None => {
-                        let mut s = Seen::default();
-                        s.mark(v);
-                        seen.insert(name.to_string(), s);
-                    }
-                }
-                Ok(())
-            })?;
+            seen.record(&rec, &rules);
             Ok(match &mut left {
                 None => Flow::Go,
                 Some(n) => {
@@ -616,196 +513,76 @@ fn infer(
             break;
         }
     }
-    if seen.is_empty() {
-        // No records: the declared columns still make a typed empty dataset.
-        if declared.is_empty() {
-            return Err(DataError::Invalid(format!(
-                "{} has no records (and no fields); declare the extract's `columns` so that an empty input still gives a dataset with them",
-                files
-                    .iter()
-                    .map(|f| f.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        return Ok(Plan {
-            names: declared.keys().cloned().collect(),
-            kinds: declared
-                .values()
-                .map(|t| Kind::for_declared(t).unwrap_or(Kind::Text))
-                .collect(),
-            declared: declared.values().map(|t| Some(t.written.clone())).collect(),
-        });
+    // No records: the declared columns still make a typed empty dataset.
+    if seen.is_empty() && declared.is_empty() {
+        return Err(DataError::Invalid(format!(
+            "{} has no records (and no fields); declare the extract's `columns` so that an empty input still gives a dataset with them",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
     }
-    let names: Vec<String> = seen.keys().cloned().collect();
-    let kinds = seen
-        .iter()
-        .map(|(n, s)| {
-            declared
-                .get(n)
-                .and_then(Kind::for_declared)
-                .unwrap_or_else(|| s.kind())
-        })
-        .collect();
-    let written = names
-        .iter()
-        .map(|n| declared.get(n).map(|t| t.written.clone()))
-        .collect();
-    Ok(Plan {
-        names,
-        kinds,
-        declared: written,
-    })
+    Ok(seen.columns(declared, &rules))
 }
 
-/// One column being built.
-enum Builder {
-    Int(Int64Builder),
-    Float(Float64Builder),
-    Bool(BooleanBuilder),
-    Text(StringBuilder),
+/// A record's misfits, named by its file, line and number.
+struct Place<'a> {
+    at: &'a At<'a>,
+    infer_hint: &'a str,
 }
 
-impl Builder {
-    fn new(kind: Kind, rows: usize) -> Builder {
-        match kind {
-            Kind::Int => Builder::Int(Int64Builder::with_capacity(rows)),
-            Kind::Float => Builder::Float(Float64Builder::with_capacity(rows)),
-            Kind::Bool => Builder::Bool(BooleanBuilder::with_capacity(rows)),
-            Kind::Text => Builder::Text(StringBuilder::with_capacity(rows, rows * 16)),
-        }
-    }
-
-    fn null(&mut self) {
-        match self {
-            Builder::Int(b) => b.append_null(),
-            Builder::Float(b) => b.append_null(),
-            Builder::Bool(b) => b.append_null(),
-            Builder::Text(b) => b.append_null(),
-        }
-    }
-
-    /// Appends a value; `Err` says why it does not fit.
-    fn push(&mut self, v: &Value) -> Result<(), &'static str> {
+impl Misfits for Place<'_> {
+    fn unknown(&mut self, name: &str, v: &Value) -> Result<(), DataError> {
         if v.is_null() {
-            self.null();
             return Ok(());
         }
-        match self {
-            Builder::Int(b) => {
-                let n = match v {
-                    Value::Number(n) => n.as_i64().or_else(|| {
-                        n.as_f64()
-                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                            .map(|f| f as i64)
-                    }),
-                    Value::String(s) => s.trim().parse().ok(),
-                    _ => None,
-                };
-                b.append_value(n.ok_or("a whole number")?);
-            }
-            Builder::Float(b) => {
-                let n = match v {
-                    Value::Number(n) => n.as_f64(),
-                    Value::String(s) => s.trim().parse().ok(),
-                    _ => None,
-                };
-                b.append_value(n.ok_or("a number")?);
-            }
-            Builder::Bool(b) => {
-                let x = match v {
-                    Value::Bool(x) => Some(*x),
-                    Value::String(s) if s == "true" => Some(true),
-                    Value::String(s) if s == "false" => Some(false),
-                    _ => None,
-                };
-                b.append_value(x.ok_or("true or false")?);
-            }
-            Builder::Text(b) => match v {
-                Value::String(s) => b.append_value(s),
-                Value::Number(n) => b.append_value(n.to_string()),
-                Value::Bool(x) => b.append_value(if *x { "true" } else { "false" }),
-                other => b.append_value(other.to_string()),
-            },
-        }
-        Ok(())
+        Err(self.at.error(format!(
+            "field `{name}` is not in the records types were inferred from ({}); raise `infer_rows` (or write `infer_rows: all`)",
+            self.infer_hint
+        )))
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Builder::Int(b) => Arc::new(b.finish()),
-            Builder::Float(b) => Arc::new(b.finish()),
-            Builder::Bool(b) => Arc::new(b.finish()),
-            Builder::Text(b) => Arc::new(b.finish()),
+    fn misfit(&mut self, column: &Column, name: &str, v: &Value, want: &str) -> DataError {
+        let mut shown = v.to_string();
+        if shown.len() > 60 {
+            let cut = (0..=60)
+                .rev()
+                .find(|c| shown.is_char_boundary(*c))
+                .unwrap_or(0);
+            shown.truncate(cut);
+            shown.push('…');
+        }
+        match &column.declared {
+            Some(t) => self.at.error(format!(
+                "field `{name}` is {shown}, but the column is declared `{t}`, which takes {want}"
+            )),
+            None => self.at.error(format!(
+                "field `{name}` is {shown}, but the column holds {want} ({}, inferred from {}); declare its type in `columns` (such as `{name}: string`) or raise `infer_rows`",
+                column.kind.data_type(),
+                self.infer_hint
+            )),
         }
     }
 }
 
 /// Builds batches from records and sends them down the channel.
 struct Emitter {
-    schema: SchemaRef,
-    plan: Plan,
-    index: HashMap<String, usize>,
-    cols: Vec<Builder>,
-    filled: Vec<bool>,
-    rows: usize,
+    rows: Rows,
     batch_size: usize,
-    flatten: bool,
     infer_hint: String,
     tx: BatchSender,
 }
 
 impl Emitter {
     fn push(&mut self, rec: &Map<String, Value>, at: &At) -> Result<Flow, DataError> {
-        self.filled.iter_mut().for_each(|f| *f = false);
-        let flatten = self.flatten;
-        let Emitter {
-            plan,
-            index,
-            cols,
-            filled,
-            infer_hint,
-            ..
-        } = self;
-        fields(rec, flatten, "", &mut |name, v| {
-            let Some(&i) = index.get(name) else {
-                if v.is_null() {
-                    return Ok(());
-                }
-                return Err(at.error(format!(
-                    "field `{name}` is not in the records types were inferred from ({infer_hint}); raise `infer_rows` (or write `infer_rows: all`)"
-                )));
-            };
-            if filled[i] {
-                return Ok(()); // a flattened name met twice: the first stays
-            }
-            cols[i].push(v).map_err(|want| {
-                let mut shown = v.to_string();
-                if shown.len() > 60 {
-                    let cut = (0..=60).rev().find(|c| shown.is_char_boundary(*c)).unwrap_or(0);
-                    shown.truncate(cut);
-                    shown.push('…');
-                }
-                match &plan.declared[i] {
-                    Some(t) => at.error(format!(
-                        "field `{name}` is {shown}, but the column is declared `{t}`, which takes {want}"
-                    )),
-                    None => at.error(format!(
-                        "field `{name}` is {shown}, but the column holds {want} ({}, inferred from {infer_hint}); declare its type in `columns` (such as `{name}: string`) or raise `infer_rows`",
-                        plan.kinds[i].data_type()
-                    )),
-                }
-            })?;
-            filled[i] = true;
-            Ok(())
-        })?;
-        for (i, f) in self.filled.iter().enumerate() {
-            if !f {
-                self.cols[i].null();
-            }
-        }
-        self.rows += 1;
-        if self.rows >= self.batch_size {
+        let mut place = Place {
+            at,
+            infer_hint: &self.infer_hint,
+        };
+        self.rows.push(rec, &mut place)?;
+        if self.rows.len() >= self.batch_size {
             return self.flush();
         }
         Ok(Flow::Go)
@@ -813,13 +590,10 @@ impl Emitter {
 
     /// Sends the rows built so far; `Stop` when the reader went away.
     fn flush(&mut self) -> Result<Flow, DataError> {
-        if self.rows == 0 {
+        if self.rows.is_empty() {
             return Ok(Flow::Go);
         }
-        let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(|b| b.finish()).collect();
-        self.rows = 0;
-        let batch = RecordBatch::try_new(self.schema.clone(), arrays)
-            .map_err(|e| DataError::Invalid(format!("building a batch: {e}")))?;
+        let batch = self.rows.finish(&"building a batch")?;
         Ok(if self.tx.blocking_send(Ok(batch)).is_err() {
             Flow::Stop
         } else {
@@ -832,30 +606,14 @@ impl Emitter {
 fn produce(
     src: &JsonSource,
     files: &[PathBuf],
-    plan: Plan,
+    columns: Vec<Column>,
     batch_size: usize,
     cancel: &CancellationToken,
     tx: BatchSender,
 ) {
-    let schema = plan.schema();
     let mut em = Emitter {
-        index: plan
-            .names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.clone(), i))
-            .collect(),
-        cols: plan
-            .kinds
-            .iter()
-            .map(|k| Builder::new(*k, batch_size))
-            .collect(),
-        filled: vec![false; plan.names.len()],
-        schema,
-        plan,
-        rows: 0,
+        rows: Rows::new(columns, batch_size, src.rules()),
         batch_size,
-        flatten: src.flatten,
         infer_hint: match src.infer_rows {
             Some(n) => format!("the first {n}"),
             None => "all of them".into(),
@@ -894,15 +652,15 @@ impl Source for JsonSource {
         let me = Arc::new(self.clone());
         let cancel = cx.task.cancel.clone();
         let declared = cx.columns.clone();
-        let plan = {
+        let columns = {
             let (me, files, cancel) = (me.clone(), files.clone(), cancel.clone());
             tokio::task::spawn_blocking(move || infer(&me, &files, &declared, &cancel))
                 .await
                 .map_err(|e| DataError::Io(format!("reading {}: {e}", self.path)))??
         };
-        let (tx, df) = channel_frame(cx.session, plan.schema())?;
+        let (tx, df) = channel_frame(cx.session, records::schema(&columns))?;
         let batch_size = cx.task.data.batch_size.max(1);
-        tokio::task::spawn_blocking(move || produce(&me, &files, plan, batch_size, &cancel, tx));
+        tokio::task::spawn_blocking(move || produce(&me, &files, columns, batch_size, &cancel, tx));
         Ok(df)
     }
 }
