@@ -134,6 +134,59 @@ impl Pg {
     }
 }
 
+impl Pg {
+    /// A guard that, if dropped while armed (the future using the connection was dropped:
+    /// cancellation, a timeout, the process shutting down), asks the server to stop the
+    /// statement, and waits (a few seconds at most) until the request is sent, so a long
+    /// query does not outlive the task that wanted it.
+    pub fn cancel_guard(&self) -> CancelGuard {
+        CancelGuard {
+            armed: Some((self.client.cancel_token(), self.tls.clone())),
+        }
+    }
+}
+
+/// See [`Pg::cancel_guard`].
+pub struct CancelGuard {
+    armed: Option<(
+        tokio_postgres::CancelToken,
+        Option<postgres_native_tls::MakeTlsConnector>,
+    )>,
+}
+
+impl CancelGuard {
+    /// The statement ended on its own: nothing to cancel.
+    pub fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        let Some((token, tls)) = self.armed.take() else {
+            return;
+        };
+        // Dropped in synchronous code, possibly while the runtime shuts down: send the
+        // request from a thread with a runtime of its own.
+        let sender = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let wait = Duration::from_secs(5);
+                let _ = match tls {
+                    None => tokio::time::timeout(wait, token.cancel_query(NoTls)).await,
+                    Some(t) => tokio::time::timeout(wait, token.cancel_query(t)).await,
+                };
+            });
+        });
+        let _ = sender.join();
+    }
+}
+
 /// Passes a message through the redactor.
 pub fn redact(e: DataError, redactor: &Redactor) -> DataError {
     match e {

@@ -704,9 +704,12 @@ impl Sink for PostgresSink {
         let table = TableName::parse(&table).map_err(DataError::Invalid)?;
         let redactor = cx.task.log.redactor();
         let mut pg = postgres::connect(&url, &redactor).await?;
-        // Dropping this future (cancellation) drops the transaction and the connection
-        // with it: the server rolls back.
+        // Dropping this future (cancellation, a timeout) drops the transaction and the
+        // connection with it: the server rolls back. The guard also cancels the statement
+        // running then, so the server stops at once instead of finishing it first.
+        let guard = pg.cancel_guard();
         let result = self.load(cx, input, &table, &mut pg).await;
+        guard.disarm();
         result.map_err(|e| postgres::redact(e, &redactor))
     }
 }

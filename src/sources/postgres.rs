@@ -15,7 +15,9 @@
 //! their base type. Any other type (arrays, intervals, times, ranges, geometry, money) is an
 //! error naming the column and suggesting a cast in the query. Limits: NaN and infinite
 //! numerics, and infinite dates and timestamps, are errors; a query must be one statement
-//! that COPY accepts (SELECT, VALUES, TABLE, WITH ...).
+//! that COPY accepts (SELECT, VALUES, TABLE, WITH ...). When the read stops early (the
+//! task is cancelled or times out, or the consumer fails) the server is asked to cancel the
+//! query. The source writes nothing.
 
 use super::{Source, SourceContext};
 use crate::data::postgres::{self, numeric_to_i128, Pg, TableName, PG_EPOCH_DAYS, PG_EPOCH_MICROS};
@@ -369,15 +371,19 @@ impl Reader {
     /// Streams the rows into the channel; stops at the end, on an error (sent as the
     /// stream's last item), when the consumer goes away, or on cancellation.
     async fn run(self) {
+        // Dropped before the end (the runtime shutting down under a cancelled run), the
+        // guard still stops the query on the server.
+        let guard = self.pg.cancel_guard();
         let outcome = self.copy().await;
         let stopped_early = !matches!(outcome, Ok(true));
-        if let Err(e) = outcome {
-            let e = postgres::redact(e, &self.redactor);
-            let _ = self.tx.send(Err(stream_error(e))).await;
-        }
         if stopped_early {
             // Let the server stop producing rows nobody will read.
             self.pg.cancel().await;
+        }
+        guard.disarm();
+        if let Err(e) = outcome {
+            let e = postgres::redact(e, &self.redactor);
+            let _ = self.tx.send(Err(stream_error(e))).await;
         }
     }
 
