@@ -372,14 +372,16 @@ fn transcode(from: &Path, to: &Path, enc: &'static encoding_rs::Encoding) -> Res
         .map_err(|e| DataError::io(format!("writing {}", to.display()), e))
 }
 
-/// Rewrites arrow's "for column N at line L" with the column's name and the file.
-fn locate(msg: &str, file: &Path, schema: &datafusion::common::DFSchema) -> String {
+/// Rewrites arrow's "for column N at line L" with the column's name, the file and the line
+/// in the file (arrow counts data records from 1; a header line comes before them).
+fn locate(msg: &str, file: &Path, schema: &datafusion::common::DFSchema, header: bool) -> String {
     let parsed = (|| {
         let at = msg.find("for column ")?;
         let rest = &msg[at + "for column ".len()..];
         let (idx, rest) = rest.split_once(" at line ")?;
         let idx: usize = idx.trim().parse().ok()?;
         let line: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let line = line.parse::<usize>().ok()? + usize::from(header);
         let value = msg
             .split_once("parsing value '")
             .and_then(|(_, r)| r.split_once('\''))
@@ -496,7 +498,7 @@ impl Source for CsvSource {
                     }
                 }
                 let text = crate::data::types::explain_error(&e.find_root().to_string());
-                return DataError::Invalid(locate(&text, file, &schema));
+                return DataError::Invalid(locate(&text, file, &schema, self.header));
             }
         }
         DataError::Invalid(msg.clone())

@@ -165,7 +165,7 @@ tasks:
     assert!(err.contains("b.csv"), "{err}");
     assert!(err.contains("column `qty`"), "{err}");
     assert!(err.contains("many"), "{err}");
-    assert!(err.contains("line "), "{err}");
+    assert!(err.contains("line 3,"), "{err}");
 }
 
 #[test]
