@@ -1023,3 +1023,64 @@ tasks:
     );
     psql(&format!("DROP TABLE {t}; DROP FUNCTION {t}_slow()"));
 }
+
+/// Copies a folder tree (the shipped example projects).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.path().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_postgres_example_loads_validates_and_reruns_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postgres"),
+        dir.path(),
+    );
+    psql("DROP TABLE IF EXISTS example_orders, example_daily_sales");
+    let run = || {
+        let out = Command::new(crate::common::bin())
+            .args(["--project"])
+            .arg(dir.path())
+            .args(["run", "orders_to_postgres", "--json"])
+            .env_remove("WAREHOUSE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run();
+    // 40 orders, one with a negative amount quarantined; upserted on the order id.
+    assert_eq!(
+        psql("SELECT count(*), count(DISTINCT order_id) FROM example_orders"),
+        "39|39"
+    );
+    assert_eq!(
+        psql("SELECT data_type, numeric_precision, numeric_scale FROM information_schema.columns WHERE table_name = 'example_orders' AND column_name = 'amount'"),
+        "numeric|10|2"
+    );
+    let rejected: Vec<_> = std::fs::read_dir(dir.path().join("results"))
+        .unwrap()
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    let daily = psql("SELECT sum(orders), sum(total) FROM example_daily_sales");
+    let total = psql("SELECT sum(amount) FROM example_orders");
+    assert_eq!(daily, format!("39|{total}"));
+    // Again: nothing new since the cursor, nothing duplicated.
+    run();
+    assert_eq!(psql("SELECT count(*) FROM example_orders"), "39");
+    assert_eq!(psql("SELECT sum(orders) FROM example_daily_sales"), "39");
+    psql("DROP TABLE IF EXISTS example_orders, example_daily_sales");
+}
