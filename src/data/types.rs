@@ -262,7 +262,7 @@ mod tests {
         assert!(parse_type("decimal(40,2)").is_err());
         assert!(parse_type("decimal(4,5)").is_err());
         let e = parse_type("integr").unwrap_err();
-        assert!(e.contains("integer"), "{e}");
+        assert!(e.contains("did you mean `int`"), "{e}");
     }
 
     #[test]
