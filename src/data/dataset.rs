@@ -148,6 +148,19 @@ impl Drop for Scratch {
         } else {
             let _ = std::fs::remove_file(&self.0);
         }
+        // A write interrupted mid-file leaves the object store's part beside it
+        // (`NAME#1`); it goes too.
+        let (Some(parent), Some(name)) = (self.0.parent(), self.0.file_name()) else {
+            return;
+        };
+        let prefix = format!("{}#", name.to_string_lossy());
+        if let Ok(rd) = std::fs::read_dir(parent) {
+            for e in rd.filter_map(|e| e.ok()) {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 

@@ -130,6 +130,12 @@ impl Coordinator {
         let mut next_heartbeat = tokio::time::Instant::now() + lease / 3;
         let mut next_cancel_poll = tokio::time::Instant::now() + CANCEL_POLL;
         loop {
+            // A cancellation that fired while an attempt's end was being handled (the
+            // select below takes one ready branch) is seen here, before anything new starts
+            // and before the run can be found finished.
+            if self.cancel.is_cancelled() {
+                self.cancelled = true;
+            }
             if !self.cancelled {
                 self.evaluate().await?;
                 self.fill_slots().await?;

@@ -97,7 +97,7 @@ fn the_quickstart_project_serves_its_api_with_the_token_init_wrote() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["daily_sales", "master"]);
+    assert_eq!(names, ["daily_sales", "master", "sales_warehouse"]);
     assert_eq!(list[0]["schedule"], "0 9 * * *");
     assert!(list[0]["next_runs"][0]
         .as_str()
