@@ -19,6 +19,9 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The row group size (encoded bytes) of partitioned writes.
+const PARTITION_ROW_GROUP_BYTES: usize = 1 << 20;
+
 /// What an existing target becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -166,7 +169,13 @@ impl Sink for ParquetSink {
         let staging_dir = Scratch::new(temp_beside(&target, "staging"));
         let staging = staging_dir.path();
         let staging_file = Scratch::new(PathBuf::from(format!("{}.parquet", staging.display())));
-        let opts = crate::data::dataset::writer_options(&input.frame, &self.compression);
+        let mut opts = crate::data::dataset::writer_options(&input.frame, &self.compression);
+        if !self.partition_by.is_empty() {
+            // Every partition's file is open at once, each holding its row group in progress:
+            // small row groups keep that to about 2 MiB a partition.
+            opts.global.max_row_group_bytes =
+                datafusion::config::MaxRowGroupBytes::try_new(PARTITION_ROW_GROUP_BYTES).ok();
+        }
         let write_opts = DataFrameWriteOptions::new()
             .with_single_file_output(single_file)
             .with_partition_by(self.partition_by.clone());
