@@ -96,3 +96,96 @@ pub async fn drain(df: DataFrame) -> Result<u64, DataFusionError> {
     }
     Ok(rows)
 }
+
+/// The reader's end of a stream whose columns are known only once the first rows are read
+/// (a database cursor typed by its values): the reader hands over the schema with its first
+/// batch, and only then is the frame made. See [`late_frame`].
+#[derive(Debug)]
+pub struct LateOut {
+    schema_tx: Option<tokio::sync::oneshot::Sender<Result<SchemaRef, DataError>>>,
+    sender_rx: Option<tokio::sync::oneshot::Receiver<BatchSender>>,
+    tx: Option<BatchSender>,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl LateOut {
+    /// Ends the stream with an error (before the schema: the frame is never made).
+    pub async fn fail(&mut self, e: DataError) {
+        if let Some(s) = self.schema_tx.take() {
+            let _ = s.send(Err(e));
+        } else if let Some(tx) = &self.tx {
+            let _ = tx.send(Err(stream_error(e))).await;
+        }
+    }
+
+    /// Hands over the schema (the first time) and waits for the channel; `false` when
+    /// nobody wants the rows any more.
+    pub async fn open(&mut self, schema: SchemaRef) -> bool {
+        let (Some(s), Some(rx)) = (self.schema_tx.take(), self.sender_rx.take()) else {
+            return self.tx.is_some();
+        };
+        if s.send(Ok(schema)).is_err() {
+            return false;
+        }
+        match rx.await {
+            Ok(tx) => {
+                self.tx = Some(tx);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Resolves when the consumer has gone away (never before the channel exists), so a
+    /// reader waiting on its source can stop.
+    pub async fn closed(&self) {
+        match &self.tx {
+            Some(tx) => tx.closed().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends a batch (handing over the schema with the first); `Ok(false)` when nobody is
+    /// listening any more, [`DataError::Cancelled`] once the task is cancelled.
+    pub async fn send(&mut self, batch: RecordBatch) -> Result<bool, DataError> {
+        if self.cancel.is_cancelled() {
+            return Err(DataError::Cancelled);
+        }
+        if !self.open(batch.schema()).await {
+            return Ok(false);
+        }
+        match &self.tx {
+            Some(tx) => Ok(tx.send(Ok(batch)).await.is_ok()),
+            None => Ok(false),
+        }
+    }
+}
+
+/// Spawns `reader` with a [`LateOut`] and returns the frame of what it sends, once it has
+/// given its schema (or its error). `what` names the reader in the error of one that stops
+/// before that ("the MySQL reader").
+pub async fn late_frame<F, Fut>(
+    ctx: &SessionContext,
+    what: &str,
+    cancel: tokio_util::sync::CancellationToken,
+    reader: F,
+) -> Result<DataFrame, DataError>
+where
+    F: FnOnce(LateOut) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (schema_tx, schema_rx) = tokio::sync::oneshot::channel();
+    let (sender_tx, sender_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(reader(LateOut {
+        schema_tx: Some(schema_tx),
+        sender_rx: Some(sender_rx),
+        tx: None,
+        cancel,
+    }));
+    let schema = schema_rx
+        .await
+        .map_err(|_| DataError::Io(format!("{what} stopped before it had the columns")))??;
+    let (tx, df) = channel_frame(ctx, schema)?;
+    let _ = sender_tx.send(tx);
+    Ok(df)
+}

@@ -22,7 +22,7 @@
 use super::{Source, SourceContext};
 use crate::data::mysql::{self, kind_from_catalog, kind_from_type_name, CatalogColumn, ReadKind};
 use crate::data::postgres::{cast_checked, CastFailure, TableName};
-use crate::data::stream::{channel_frame, stream_error, BatchSender};
+use crate::data::stream::{late_frame, LateOut};
 use crate::data::types::ColumnType;
 use crate::data::DataError;
 use crate::spec::error::SpecError;
@@ -41,7 +41,6 @@ use sqlx::{Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The `mysql` source.
@@ -89,41 +88,6 @@ pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecErro
     }))
 }
 
-/// Where the reading task hands over the schema, then the batches (or the error that ends
-/// them).
-struct Out {
-    schema_tx: Option<oneshot::Sender<Result<SchemaRef, DataError>>>,
-    sender_rx: Option<oneshot::Receiver<BatchSender>>,
-    tx: Option<BatchSender>,
-}
-
-impl Out {
-    async fn fail(&mut self, e: DataError) {
-        if let Some(s) = self.schema_tx.take() {
-            let _ = s.send(Err(e));
-        } else if let Some(tx) = &self.tx {
-            let _ = tx.send(Err(stream_error(e))).await;
-        }
-    }
-
-    /// Hands over the schema and waits for the channel; `false` when nobody wants it.
-    async fn open(&mut self, schema: SchemaRef) -> bool {
-        let (Some(s), Some(rx)) = (self.schema_tx.take(), self.sender_rx.take()) else {
-            return self.tx.is_some();
-        };
-        if s.send(Ok(schema)).is_err() {
-            return false;
-        }
-        match rx.await {
-            Ok(tx) => {
-                self.tx = Some(tx);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
 /// A column's values of the batch being read, as the wire gives them.
 enum Acc {
     Text(StringBuilder),
@@ -160,16 +124,7 @@ fn scale_of(a: &StringArray) -> i8 {
 }
 
 impl Reader {
-    async fn run(
-        self,
-        schema_tx: oneshot::Sender<Result<SchemaRef, DataError>>,
-        sender_rx: oneshot::Receiver<BatchSender>,
-    ) {
-        let mut out = Out {
-            schema_tx: Some(schema_tx),
-            sender_rx: Some(sender_rx),
-            tx: None,
-        };
+    async fn run(self, mut out: LateOut) {
         if let Err(e) = self.read(&mut out).await {
             out.fail(mysql::redact(e, &self.redactor)).await;
         }
@@ -247,7 +202,7 @@ impl Reader {
         Ok(cols)
     }
 
-    async fn read(&self, out: &mut Out) -> Result<(), DataError> {
+    async fn read(&self, out: &mut LateOut) -> Result<(), DataError> {
         let mut my = mysql::connect(&self.url, &self.redactor, "").await?;
         let mut cols = self.columns(&mut my).await?;
         let mut schema: Option<SchemaRef> = None;
@@ -257,12 +212,7 @@ impl Reader {
         let mut bytes: u64 = 0;
         loop {
             let next = {
-                let closed = async {
-                    match &out.tx {
-                        Some(tx) => tx.closed().await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let closed = out.closed();
                 tokio::select! {
                     biased;
                     r = stream.next() => r,
@@ -305,7 +255,7 @@ impl Reader {
                 self.bytes.fetch_add(bytes, Ordering::Relaxed);
                 bytes = 0;
                 let batch = finish(&mut cols, &mut schema, first_row)?;
-                if !self.send(out, batch).await? {
+                if !out.send(batch).await? {
                     return Ok(());
                 }
                 first_row += rows_in_batch as u64;
@@ -318,25 +268,10 @@ impl Reader {
             if batch.num_rows() == 0 {
                 out.open(batch.schema()).await;
             } else {
-                self.send(out, batch).await?;
+                out.send(batch).await?;
             }
         }
         Ok(())
-    }
-
-    /// Sends a batch (handing over the schema first, with the first batch); `Ok(false)` when
-    /// nobody is listening any more.
-    async fn send(&self, out: &mut Out, batch: RecordBatch) -> Result<bool, DataError> {
-        if self.cancel.is_cancelled() {
-            return Err(DataError::Cancelled);
-        }
-        if !out.open(batch.schema()).await {
-            return Ok(false);
-        }
-        match &out.tx {
-            Some(tx) => Ok(tx.send(Ok(batch)).await.is_ok()),
-            None => Ok(false),
-        }
     }
 }
 
@@ -453,14 +388,12 @@ impl Source for MysqlSource {
             bytes: cx.bytes_read.clone(),
             redactor: cx.task.log.redactor(),
         };
-        let (schema_tx, schema_rx) = oneshot::channel();
-        let (sender_tx, sender_rx) = oneshot::channel();
-        tokio::spawn(reader.run(schema_tx, sender_rx));
-        let schema = schema_rx.await.map_err(|_| {
-            DataError::Io("the MySQL reader stopped before it had the columns".into())
-        })??;
-        let (tx, df) = channel_frame(cx.session, schema)?;
-        let _ = sender_tx.send(tx);
-        Ok(df)
+        late_frame(
+            cx.session,
+            "the MySQL reader",
+            cx.task.cancel.clone(),
+            |out| reader.run(out),
+        )
+        .await
     }
 }

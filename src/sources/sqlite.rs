@@ -16,7 +16,7 @@
 
 use super::{Source, SourceContext};
 use crate::data::postgres::{cast_checked, CastFailure, TableName};
-use crate::data::stream::{channel_frame, stream_error, BatchSender};
+use crate::data::stream::{late_frame, LateOut};
 use crate::data::types::{quote_ident, ColumnType};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
@@ -36,7 +36,6 @@ use sqlx::{Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInf
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 /// The `sqlite` source.
@@ -175,38 +174,6 @@ struct Reader {
     bytes: Arc<AtomicU64>,
 }
 
-struct Out {
-    schema_tx: Option<oneshot::Sender<Result<SchemaRef, DataError>>>,
-    sender_rx: Option<oneshot::Receiver<BatchSender>>,
-    tx: Option<BatchSender>,
-}
-
-impl Out {
-    async fn fail(&mut self, e: DataError) {
-        if let Some(s) = self.schema_tx.take() {
-            let _ = s.send(Err(e));
-        } else if let Some(tx) = &self.tx {
-            let _ = tx.send(Err(stream_error(e))).await;
-        }
-    }
-
-    async fn open(&mut self, schema: SchemaRef) -> bool {
-        let (Some(s), Some(rx)) = (self.schema_tx.take(), self.sender_rx.take()) else {
-            return self.tx.is_some();
-        };
-        if s.send(Ok(schema)).is_err() {
-            return false;
-        }
-        match rx.await {
-            Ok(tx) => {
-                self.tx = Some(tx);
-                true
-            }
-            Err(_) => false,
-        }
-    }
-}
-
 fn sql_error(what: &str, e: &sqlx::Error) -> DataError {
     match e {
         sqlx::Error::Database(db) => DataError::Invalid(format!("{what}: {}", db.message())),
@@ -216,16 +183,7 @@ fn sql_error(what: &str, e: &sqlx::Error) -> DataError {
 }
 
 impl Reader {
-    async fn run(
-        self,
-        schema_tx: oneshot::Sender<Result<SchemaRef, DataError>>,
-        sender_rx: oneshot::Receiver<BatchSender>,
-    ) {
-        let mut out = Out {
-            schema_tx: Some(schema_tx),
-            sender_rx: Some(sender_rx),
-            tx: None,
-        };
+    async fn run(self, mut out: LateOut) {
         if let Err(e) = self.read(&mut out).await {
             out.fail(e).await;
         }
@@ -298,7 +256,7 @@ impl Reader {
         Ok(cols)
     }
 
-    async fn read(&self, out: &mut Out) -> Result<(), DataError> {
+    async fn read(&self, out: &mut LateOut) -> Result<(), DataError> {
         let opts = SqliteConnectOptions::new()
             .filename(&self.path)
             .read_only(true)
@@ -317,12 +275,7 @@ impl Reader {
         let mut bytes = 0u64;
         loop {
             let next = {
-                let closed = async {
-                    match &out.tx {
-                        Some(tx) => tx.closed().await,
-                        None => std::future::pending().await,
-                    }
-                };
+                let closed = out.closed();
                 tokio::select! {
                     biased;
                     r = stream.next() => r,
@@ -401,7 +354,7 @@ impl Reader {
                 self.bytes.fetch_add(bytes, Ordering::Relaxed);
                 bytes = 0;
                 let batch = finish(&mut cols, &mut schema, first_row)?;
-                if !self.send(out, batch).await? {
+                if !out.send(batch).await? {
                     return Ok(());
                 }
                 first_row += rows_in_batch as u64;
@@ -414,23 +367,10 @@ impl Reader {
             if batch.num_rows() == 0 {
                 out.open(batch.schema()).await;
             } else {
-                self.send(out, batch).await?;
+                out.send(batch).await?;
             }
         }
         Ok(())
-    }
-
-    async fn send(&self, out: &mut Out, batch: RecordBatch) -> Result<bool, DataError> {
-        if self.cancel.is_cancelled() {
-            return Err(DataError::Cancelled);
-        }
-        if !out.open(batch.schema()).await {
-            return Ok(false);
-        }
-        match &out.tx {
-            Some(tx) => Ok(tx.send(Ok(batch)).await.is_ok()),
-            None => Ok(false),
-        }
     }
 }
 
@@ -552,14 +492,12 @@ impl Source for SqliteSource {
             cancel: cx.task.cancel.clone(),
             bytes: cx.bytes_read.clone(),
         };
-        let (schema_tx, schema_rx) = oneshot::channel();
-        let (sender_tx, sender_rx) = oneshot::channel();
-        tokio::spawn(reader.run(schema_tx, sender_rx));
-        let schema = schema_rx.await.map_err(|_| {
-            DataError::Io("the SQLite reader stopped before it had the columns".into())
-        })??;
-        let (tx, df) = channel_frame(cx.session, schema)?;
-        let _ = sender_tx.send(tx);
-        Ok(df)
+        late_frame(
+            cx.session,
+            "the SQLite reader",
+            cx.task.cancel.clone(),
+            |out| reader.run(out),
+        )
+        .await
     }
 }
