@@ -129,6 +129,55 @@ pub fn total_size(files: &[PathBuf]) -> u64 {
         .sum()
 }
 
+/// Checks the `query` / `table` pair of a database source's spec: exactly one of them, a
+/// query that is not empty, a table name that parses (unless it is templated). `needs`
+/// ends the message for neither: "`source: mysql` needs `query` (a SELECT) or ...".
+pub fn check_query_or_table(
+    query: &Option<String>,
+    table: &Option<String>,
+    node: &Node,
+    cx: &BuildContext,
+    needs: &str,
+) -> Result<(), SpecError> {
+    match (query, table) {
+        (Some(_), Some(_)) => Err(cx.error(
+            node,
+            "give either `query` or `table`, not both (a table is `SELECT * FROM` it)",
+        )),
+        (None, None) => Err(cx.error(node, needs)),
+        (None, Some(t)) if !t.contains("{{") => crate::data::postgres::TableName::parse(t)
+            .map(|_| ())
+            .map_err(|e| cx.error(node, e)),
+        (Some(q), None) if q.trim().is_empty() => Err(cx.error(node, "`query` is empty")),
+        _ => Ok(()),
+    }
+}
+
+/// The SQL a database source runs: its `query` rendered with every value as a SQL literal
+/// (`{{ watermark }}` included), or `SELECT * FROM` its `table`, named with `quote`.
+pub fn select_sql(
+    cx: &SourceContext<'_>,
+    query: &Option<String>,
+    table: &Option<String>,
+    quote: impl Fn(&crate::data::postgres::TableName) -> String,
+) -> Result<String, DataError> {
+    match (query, table) {
+        (Some(q), _) => cx
+            .task
+            .render(q, Escape::Sql)
+            .map_err(|e| DataError::Invalid(e.to_string())),
+        (None, Some(t)) => {
+            let t = cx
+                .task
+                .render(t, Escape::Plain)
+                .map_err(|e| DataError::Invalid(e.to_string()))?;
+            let name = crate::data::postgres::TableName::parse(&t).map_err(DataError::Invalid)?;
+            Ok(format!("SELECT * FROM {}", quote(&name)))
+        }
+        (None, None) => Err(DataError::Invalid("no `query` or `table`".into())),
+    }
+}
+
 /// One kind of source.
 #[async_trait]
 pub trait Source: Send + Sync + Debug {

@@ -21,7 +21,7 @@
 
 use super::{Source, SourceContext};
 use crate::data::mysql::{self, kind_from_catalog, kind_from_type_name, CatalogColumn, ReadKind};
-use crate::data::postgres::{cast_checked, CastFailure, TableName};
+use crate::data::postgres::{cast_checked, CastFailure};
 use crate::data::stream::{late_frame, LateOut};
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -62,25 +62,13 @@ struct MysqlSpec {
 /// Builds from `url` and `query` or `table`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
     let spec: MysqlSpec = cx.decode(node)?;
-    match (&spec.query, &spec.table) {
-        (Some(_), Some(_)) => {
-            return Err(cx.error(
-                node,
-                "give either `query` or `table`, not both (a table is `SELECT * FROM` it)",
-            ))
-        }
-        (None, None) => {
-            return Err(cx.error(
-                node,
-                "`source: mysql` needs `query` (a SELECT) or `table` (NAME or DATABASE.NAME)",
-            ))
-        }
-        (None, Some(t)) if !t.contains("{{") => {
-            TableName::parse(t).map_err(|e| cx.error(node, e))?;
-        }
-        (Some(q), None) if q.trim().is_empty() => return Err(cx.error(node, "`query` is empty")),
-        _ => {}
-    }
+    super::check_query_or_table(
+        &spec.query,
+        &spec.table,
+        node,
+        cx,
+        "`source: mysql` needs `query` (a SELECT) or `table` (NAME or DATABASE.NAME)",
+    )?;
     Ok(Arc::new(MysqlSource {
         url: spec.url,
         query: spec.query,
@@ -333,33 +321,12 @@ fn finish(
 
 impl MysqlSource {
     fn query(&self, cx: &SourceContext<'_>) -> Result<String, DataError> {
-        match (&self.query, &self.table) {
-            (Some(q), _) => {
-                let mut vars = cx.task.vars.clone();
-                if let Some(w) = cx.watermark {
-                    vars.watermark = w.clone();
-                }
-                let q = cx
-                    .task
-                    .templates
-                    .render(q, Escape::Sql, &vars)
-                    .map_err(DataError::Invalid)?;
-                let mut t = q.trim();
-                while let Some(rest) = t.strip_suffix(';') {
-                    t = rest.trim_end();
-                }
-                Ok(t.to_string())
-            }
-            (None, Some(t)) => {
-                let t = cx
-                    .task
-                    .render(t, Escape::Plain)
-                    .map_err(|e| DataError::Invalid(e.to_string()))?;
-                let name = TableName::parse(&t).map_err(DataError::Invalid)?;
-                Ok(format!("SELECT * FROM {}", mysql::quote_table(&name)))
-            }
-            (None, None) => Err(DataError::Invalid("no `query` or `table`".into())),
+        let sql = super::select_sql(cx, &self.query, &self.table, mysql::quote_table)?;
+        let mut t = sql.trim();
+        while let Some(rest) = t.strip_suffix(';') {
+            t = rest.trim_end();
         }
+        Ok(t.to_string())
     }
 }
 

@@ -20,7 +20,7 @@
 //! query. The source writes nothing.
 
 use super::{Source, SourceContext};
-use crate::data::postgres::{self, numeric_to_i128, Pg, TableName, PG_EPOCH_DAYS, PG_EPOCH_MICROS};
+use crate::data::postgres::{self, numeric_to_i128, Pg, PG_EPOCH_DAYS, PG_EPOCH_MICROS};
 use crate::data::stream::{channel_frame, stream_error, BatchSender};
 use crate::data::types::ColumnType;
 use crate::data::DataError;
@@ -65,27 +65,13 @@ struct PostgresSpec {
 /// Builds from `url` and `query` or `table`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
     let spec: PostgresSpec = cx.decode(node)?;
-    match (&spec.query, &spec.table) {
-        (Some(_), Some(_)) => {
-            return Err(cx.error(
-                node,
-                "give either `query` or `table`, not both (a table is `SELECT * FROM` it)",
-            ))
-        }
-        (None, None) => {
-            return Err(cx.error(
-                node,
-                "`source: postgres` needs `query` (a SELECT) or `table` (NAME or SCHEMA.NAME)",
-            ))
-        }
-        (None, Some(t)) if !t.contains("{{") => {
-            TableName::parse(t).map_err(|e| cx.error(node, e))?;
-        }
-        (Some(q), None) if q.trim().is_empty() => {
-            return Err(cx.error(node, "`query` is empty"));
-        }
-        _ => {}
-    }
+    super::check_query_or_table(
+        &spec.query,
+        &spec.table,
+        node,
+        cx,
+        "`source: postgres` needs `query` (a SELECT) or `table` (NAME or SCHEMA.NAME)",
+    )?;
     Ok(Arc::new(PostgresSource {
         url: spec.url,
         query: spec.query,
@@ -462,27 +448,7 @@ impl PostgresSource {
     /// The query to run, rendered (values as SQL literals; `{{ watermark }}` is the
     /// incremental cursor, or the extract's `initial` before the first successful run).
     fn query(&self, cx: &SourceContext<'_>) -> Result<String, DataError> {
-        match (&self.query, &self.table) {
-            (Some(q), _) => {
-                let mut vars = cx.task.vars.clone();
-                if let Some(w) = cx.watermark {
-                    vars.watermark = w.clone();
-                }
-                cx.task
-                    .templates
-                    .render(q, Escape::Sql, &vars)
-                    .map_err(DataError::Invalid)
-            }
-            (None, Some(t)) => {
-                let t = cx
-                    .task
-                    .render(t, Escape::Plain)
-                    .map_err(|e| DataError::Invalid(e.to_string()))?;
-                let name = TableName::parse(&t).map_err(DataError::Invalid)?;
-                Ok(format!("SELECT * FROM {}", name.quoted()))
-            }
-            (None, None) => Err(DataError::Invalid("no `query` or `table`".into())),
-        }
+        super::select_sql(cx, &self.query, &self.table, |name| name.quoted())
     }
 }
 

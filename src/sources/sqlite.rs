@@ -15,7 +15,7 @@
 //! that does not fit its column's type is an error naming the row and column.
 
 use super::{Source, SourceContext};
-use crate::data::postgres::{cast_checked, CastFailure, TableName};
+use crate::data::postgres::{cast_checked, CastFailure};
 use crate::data::stream::{late_frame, LateOut};
 use crate::data::types::{quote_ident, ColumnType};
 use crate::data::DataError;
@@ -57,19 +57,13 @@ struct SqliteSpec {
 /// Builds from `path` and `query` or `table`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
     let spec: SqliteSpec = cx.decode(node)?;
-    match (&spec.query, &spec.table) {
-        (Some(_), Some(_)) => {
-            return Err(cx.error(
-                node,
-                "give either `query` or `table`, not both (a table is `SELECT * FROM` it)",
-            ))
-        }
-        (None, None) => {
-            return Err(cx.error(node, "`source: sqlite` needs `query` (a SELECT) or `table`"))
-        }
-        (Some(q), None) if q.trim().is_empty() => return Err(cx.error(node, "`query` is empty")),
-        _ => {}
-    }
+    super::check_query_or_table(
+        &spec.query,
+        &spec.table,
+        node,
+        cx,
+        "`source: sqlite` needs `query` (a SELECT) or `table`",
+    )?;
     Ok(Arc::new(SqliteSource {
         path: spec.path,
         query: spec.query,
@@ -423,27 +417,7 @@ fn finish(
 
 impl SqliteSource {
     fn query(&self, cx: &SourceContext<'_>) -> Result<String, DataError> {
-        match (&self.query, &self.table) {
-            (Some(q), _) => {
-                let mut vars = cx.task.vars.clone();
-                if let Some(w) = cx.watermark {
-                    vars.watermark = w.clone();
-                }
-                cx.task
-                    .templates
-                    .render(q, Escape::Sql, &vars)
-                    .map_err(DataError::Invalid)
-            }
-            (None, Some(t)) => {
-                let t = cx
-                    .task
-                    .render(t, Escape::Plain)
-                    .map_err(|e| DataError::Invalid(e.to_string()))?;
-                let name = TableName::parse(&t).map_err(DataError::Invalid)?;
-                Ok(format!("SELECT * FROM {}", name.quoted()))
-            }
-            (None, None) => Err(DataError::Invalid("no `query` or `table`".into())),
-        }
+        super::select_sql(cx, &self.query, &self.table, |name| name.quoted())
     }
 }
 
