@@ -9,7 +9,7 @@ use crate::data::dataset::Scratch;
 use crate::data::types::{self, ColumnType, RawColumn};
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::sources::{Source, SourceContext, SOURCES};
-use crate::spec::error::{suggestion, SpecError};
+use crate::spec::error::SpecError;
 use async_trait::async_trait;
 use datafusion::prelude::{cast, lit, DataFrame};
 use indexmap::IndexMap;
@@ -43,42 +43,12 @@ pub struct Incremental {
 
 /// Builds from `{source, columns, incremental, ...source keys}`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecError> {
+    let (source_name, build_source, rest) =
+        cx.plugin(node, "extract", "source", SOURCES, EXTRACT_KEYS)?;
+    let source = build_source(&rest, cx)?;
     let Some(map) = node.as_mapping() else {
-        return Err(cx.error(
-            node,
-            "`extract` must be a mapping with `source` and its options",
-        ));
+        return Err(cx.error(node, "`extract` must be a mapping"));
     };
-    let names: Vec<&str> = SOURCES.iter().map(|(n, _)| *n).collect();
-    let Some(source_node) = map.get_node("source") else {
-        return Err(cx.error(
-            node,
-            format!("`extract` needs `source`: one of {}", names.join(", ")),
-        ));
-    };
-    let Some(source_name) = source_node.as_scalar().map(|s| s.as_str().to_string()) else {
-        return Err(cx.error(source_node, "`source` must be a name"));
-    };
-    let Some((_, build_source)) = SOURCES.iter().find(|(n, _)| *n == source_name) else {
-        return Err(cx.error(
-            source_node,
-            format!(
-                "unknown source `{source_name}`{}; sources: {}",
-                suggestion(&source_name, names.iter().copied()),
-                names.join(", ")
-            ),
-        ));
-    };
-    let mut rest = map.clone();
-    for k in EXTRACT_KEYS {
-        rest.remove(*k);
-    }
-    let source_cx = BuildContext {
-        file: cx.file,
-        base_dir: cx.base_dir,
-        field: cx.field.clone(),
-    };
-    let source = build_source(&Node::Mapping(rest), &source_cx)?;
     let columns = match map.get_node("columns") {
         None => IndexMap::new(),
         Some(n) => parse_columns(n, cx)?,

@@ -7,7 +7,7 @@ use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput}
 use crate::data::dataset::Scratch;
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::sinks::{Input, Sink, SinkContext, SINKS};
-use crate::spec::error::{suggestion, SpecError};
+use crate::spec::error::SpecError;
 use async_trait::async_trait;
 use marked_yaml::Node;
 use serde::Deserialize;
@@ -34,28 +34,9 @@ enum From {
 
 /// Builds from `{sink, from, ...sink keys}`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecError> {
+    let (sink_name, build_sink, rest) = cx.plugin(node, "load", "sink", SINKS, LOAD_KEYS)?;
     let Some(map) = node.as_mapping() else {
-        return Err(cx.error(node, "`load` must be a mapping with `sink` and its options"));
-    };
-    let names: Vec<&str> = SINKS.iter().map(|(n, _)| *n).collect();
-    let Some(sink_node) = map.get_node("sink") else {
-        return Err(cx.error(
-            node,
-            format!("`load` needs `sink`: one of {}", names.join(", ")),
-        ));
-    };
-    let Some(sink_name) = sink_node.as_scalar().map(|s| s.as_str().to_string()) else {
-        return Err(cx.error(sink_node, "`sink` must be a name"));
-    };
-    let Some((_, build_sink)) = SINKS.iter().find(|(n, _)| *n == sink_name) else {
-        return Err(cx.error(
-            sink_node,
-            format!(
-                "unknown sink `{sink_name}`{}; sinks: {}",
-                suggestion(&sink_name, names.iter().copied()),
-                names.join(", ")
-            ),
-        ));
+        return Err(cx.error(node, "`load` must be a mapping"));
     };
     let from = match map.get_node("from") {
         None => vec![],
@@ -64,11 +45,7 @@ pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecEr
             From::Many(v) => v,
         },
     };
-    let mut rest = map.clone();
-    for k in LOAD_KEYS {
-        rest.remove(*k);
-    }
-    let sink = build_sink(&Node::Mapping(rest), cx)?;
+    let sink = build_sink(&rest, cx)?;
     if from.len() > 1 && !sink.many_inputs() {
         return Err(cx.error(
             node,

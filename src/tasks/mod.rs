@@ -68,6 +68,51 @@ impl BuildContext<'_> {
         decode(node, self.file, &self.field)
     }
 
+    /// For a data kind whose mapping names a plug-in (`extract: {source: csv, ...}`,
+    /// `load: {sink: parquet, ...}`): the plug-in's name and build function from
+    /// `registry`, and the mapping without `own_keys` (the rest is the plug-in's to decode).
+    /// `kind` and `key` name them in errors (`extract`, `source`).
+    pub fn plugin<F: Copy>(
+        &self,
+        node: &Node,
+        kind: &str,
+        key: &str,
+        registry: &[(&'static str, F)],
+        own_keys: &[&str],
+    ) -> Result<(String, F, Node), SpecError> {
+        let Some(map) = node.as_mapping() else {
+            return Err(self.error(
+                node,
+                format!("`{kind}` must be a mapping with `{key}` and its options"),
+            ));
+        };
+        let names: Vec<&str> = registry.iter().map(|(n, _)| *n).collect();
+        let Some(name_node) = map.get_node(key) else {
+            return Err(self.error(
+                node,
+                format!("`{kind}` needs `{key}`: one of {}", names.join(", ")),
+            ));
+        };
+        let Some(name) = name_node.as_scalar().map(|s| s.as_str().to_string()) else {
+            return Err(self.error(name_node, format!("`{key}` must be a name")));
+        };
+        let Some((_, build)) = registry.iter().find(|(n, _)| *n == name) else {
+            return Err(self.error(
+                name_node,
+                format!(
+                    "unknown {key} `{name}`{}; {key}s: {}",
+                    crate::spec::error::suggestion(&name, names.iter().copied()),
+                    names.join(", ")
+                ),
+            ));
+        };
+        let mut rest = map.clone();
+        for k in own_keys {
+            rest.remove(*k);
+        }
+        Ok((name, *build, Node::Mapping(rest)))
+    }
+
     /// An error about this kind's value.
     pub fn error(&self, node: &Node, msg: impl Into<String>) -> SpecError {
         SpecError::new(
