@@ -809,6 +809,7 @@ fn parse_tasks(
             file,
             base_dir,
             field: format!("{field}.{kind}"),
+            task_id: &id,
         };
         let action = match build(&kind_node, &cx) {
             Ok(a) => Some(a),

@@ -165,10 +165,7 @@ impl TaskKind for ExtractTask {
     async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         // Both removed however the attempt ends.
         let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
-        let scratch = Scratch::new(
-            ctx.data_dir
-                .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt)),
-        );
+        let scratch = ctx.scratch();
         let session = session(&ctx.data, spill.path())?;
         // The engine gave the last committed cursor, or `initial`.
         let previous = self

@@ -4,7 +4,7 @@
 //! atomic is each sink's business; this kind streams the datasets to it and counts.
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
-use crate::data::dataset::Scratch;
+use crate::data::dataset::{Scratch, Written};
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::sinks::{Input, Sink, SinkContext, SINKS};
 use crate::spec::error::SpecError;
@@ -110,42 +110,8 @@ impl TaskKind for LoadTask {
         } else {
             self.from.clone()
         };
-        // Both removed however the attempt ends.
-        let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
-        let scratch = Scratch::new(
-            ctx.data_dir
-                .join(format!(".scratch-{}-{}", ctx.task_id, ctx.attempt)),
-        );
-        let session = session(&ctx.data, spill.path())?;
-        let mut inputs = Vec::with_capacity(from.len());
-        let mut bytes_read = 0;
-        for name in &from {
-            bytes_read += dataset::size_of(&dataset::dir(&ctx.data_dir, name));
-            inputs.push(Input {
-                name: name.clone(),
-                frame: dataset::read(&session, &ctx.data_dir, name).await?,
-            });
-        }
-        let sx = SinkContext {
-            task: ctx,
-            session: &session,
-            scratch: scratch.path().to_path_buf(),
-        };
-        ctx.log.note(&format!(
-            "loading {} into {} ({})",
-            from.join(", "),
-            self.sink_name,
-            self.sink.describe()
-        ));
-        let result = tokio::select! {
-            r = self.sink.write(&sx, inputs) => r,
-            _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
-        };
-        let written = result?;
-        ctx.log.note(&format!(
-            "{} rows, {} bytes written",
-            written.rows, written.bytes
-        ));
+        let (written, bytes_read) =
+            deliver(ctx, &self.sink_name, self.sink.as_ref(), &from).await?;
         Ok(TaskOutput {
             value: serde_json::json!({ "rows": written.rows }),
             metrics: Metrics {
@@ -158,4 +124,49 @@ impl TaskKind for LoadTask {
             dataset: None,
         })
     }
+}
+
+/// Streams the datasets `from` of the run into `sink` (all or nothing, as the sink makes it)
+/// and logs it; returns what was written and the bytes of the datasets read. The `fact`
+/// kind loads through here too.
+pub async fn deliver(
+    ctx: &TaskContext,
+    sink_name: &str,
+    sink: &dyn Sink,
+    from: &[String],
+) -> Result<(Written, u64), TaskError> {
+    // Both removed however the attempt ends.
+    let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
+    let scratch = ctx.scratch();
+    let session = session(&ctx.data, spill.path())?;
+    let mut inputs = Vec::with_capacity(from.len());
+    let mut bytes_read = 0;
+    for name in from {
+        bytes_read += dataset::size_of(&dataset::dir(&ctx.data_dir, name));
+        inputs.push(Input {
+            name: name.clone(),
+            frame: dataset::read(&session, &ctx.data_dir, name).await?,
+        });
+    }
+    let sx = SinkContext {
+        task: ctx,
+        session: &session,
+        scratch: scratch.path().to_path_buf(),
+    };
+    ctx.log.note(&format!(
+        "loading {} into {} ({})",
+        from.join(", "),
+        sink_name,
+        sink.describe()
+    ));
+    let result = tokio::select! {
+        r = sink.write(&sx, inputs) => r,
+        _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
+    };
+    let written = result?;
+    ctx.log.note(&format!(
+        "{} rows, {} bytes written",
+        written.rows, written.bytes
+    ));
+    Ok((written, bytes_read))
 }

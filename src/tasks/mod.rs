@@ -6,8 +6,10 @@
 //! template rendering, environment, settings); it returns an output value, metrics and, for
 //! data tasks, a dataset. It never writes to the store: the engine records what it returns.
 
+pub mod dimension;
 pub mod exec;
 pub mod extract;
+pub mod fact;
 pub mod http;
 pub mod load;
 pub mod pipeline;
@@ -46,6 +48,8 @@ pub const KINDS: &[(&str, BuildFn)] = &[
     ("sql", sql::build),
     ("validate", validate::build),
     ("reconcile", reconcile::build),
+    ("dimension", dimension::build),
+    ("fact", fact::build),
     ("load", load::build),
     ("pipeline", pipeline::build),
     ("sensor", sensor::build),
@@ -60,6 +64,8 @@ pub struct BuildContext<'a> {
     pub base_dir: &'a Path,
     /// The field path of the kind key (`tasks.x.run`), for errors.
     pub field: String,
+    /// The task's id.
+    pub task_id: &'a str,
 }
 
 impl BuildContext<'_> {
@@ -251,6 +257,36 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
+    /// A folder for this attempt's temporary files under the run's data folder, removed
+    /// when the guard drops, however the attempt ends.
+    pub fn scratch(&self) -> crate::data::dataset::Scratch {
+        crate::data::dataset::Scratch::new(
+            self.data_dir
+                .join(format!(".scratch-{}-{}", self.task_id, self.attempt)),
+        )
+    }
+
+    /// The one upstream dataset a kind reads when its spec names none (`what` says what
+    /// the kind does with it, for errors); `except` are upstream datasets it reads for
+    /// other purposes (references, dimensions).
+    pub fn one_upstream(&self, what: &str, except: &[String]) -> Result<String, TaskError> {
+        let with_data: Vec<&String> = self
+            .upstream
+            .iter()
+            .filter(|t| !except.contains(t) && crate::data::dataset::exists(&self.data_dir, t))
+            .collect();
+        match with_data.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(TaskError::Invalid(format!(
+                "nothing to {what}: no upstream task has a dataset (depend on an extract or sql task, or name it in `from`)"
+            ))),
+            many => Err(TaskError::Invalid(format!(
+                "several upstream datasets ({}); say which to {what} with `from`",
+                many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
     /// Renders a templated field; a template error is not retryable.
     pub fn render(&self, text: &str, escape: Escape) -> Result<String, TaskError> {
         self.templates

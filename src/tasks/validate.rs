@@ -270,25 +270,7 @@ impl TaskKind for ValidateTask {
         let refs = self.rules.reads();
         let source = match &self.from {
             Some(f) => f.clone(),
-            None => {
-                let with_data: Vec<&String> = ctx
-                    .upstream
-                    .iter()
-                    .filter(|t| !refs.contains(t) && dataset::exists(&ctx.data_dir, t))
-                    .collect();
-                match with_data.as_slice() {
-                    [one] => (*one).clone(),
-                    [] => return Err(TaskError::Invalid(
-                        "nothing to validate: no upstream task has a dataset (depend on an extract or sql task, or name it in `from`)".into(),
-                    )),
-                    many => {
-                        return Err(TaskError::Invalid(format!(
-                            "several upstream datasets ({}); say which to validate with `from`",
-                            many.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
-                        )))
-                    }
-                }
-            }
+            None => ctx.one_upstream("validate", &refs)?,
         };
         let logical_date = chrono::DateTime::parse_from_rfc3339(&ctx.vars.run.logical_date)
             .map(|d| d.with_timezone(&chrono::Utc))
