@@ -50,6 +50,18 @@ struct ParquetSpec {
     mode: Option<FileMode>,
 }
 
+impl ParquetSink {
+    /// A sink for other kinds to write with: `path` replaced whole, zstd.
+    pub fn replacing(path: String) -> ParquetSink {
+        ParquetSink {
+            path,
+            partition_by: Vec::new(),
+            compression: "zstd(3)".into(),
+            mode: FileMode::Replace,
+        }
+    }
+}
+
 /// Checks a Parquet compression name: `zstd`, `zstd(1..22)`, `snappy`, `lz4`, `gzip`,
 /// `gzip(0..9)`, `brotli`, `none`.
 pub fn compression(text: &str) -> Result<String, String> {

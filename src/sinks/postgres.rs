@@ -76,6 +76,18 @@ struct PostgresSpec {
     keys: Option<Vec<String>>,
 }
 
+impl PostgresSink {
+    /// A sink for other kinds to write with (a dimension's changes, upserted on its key).
+    pub fn new(url: String, table: String, mode: TableMode, keys: Vec<String>) -> PostgresSink {
+        PostgresSink {
+            url,
+            table,
+            mode,
+            keys,
+        }
+    }
+}
+
 /// Checks `mode` and `keys` together (shared with the mysql sink's rules).
 pub fn check_keys(mode: TableMode, keys: &[String]) -> Result<(), String> {
     match mode {

@@ -62,6 +62,17 @@ struct PostgresSpec {
     table: Option<String>,
 }
 
+impl PostgresSource {
+    /// A source reading a whole table, for other kinds (a dimension's current rows).
+    pub fn table(url: String, table: String) -> PostgresSource {
+        PostgresSource {
+            url,
+            query: None,
+            table: Some(table),
+        }
+    }
+}
+
 /// Builds from `url` and `query` or `table`.
 pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn Source>, SpecError> {
     let spec: PostgresSpec = cx.decode(node)?;
