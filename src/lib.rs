@@ -13,6 +13,8 @@
 //!   spilling), datasets between tasks, column types.
 //! - [`sources`], [`sinks`]: where `extract` reads and `load` writes, one file each.
 //! - [`quality`]: the rules engine of `validate` and the comparison of `reconcile`.
+//! - [`warehouse`]: the star schema: the dimension merge (SCD1/2, surrogate keys) behind
+//!   `dimension` and the surrogate-key lookup behind `fact`.
 //! - [`engine`]: executes a run through the store's queue: triggers, slots, retries,
 //!   timeouts, cancellation, crash recovery, reports.
 //! - [`store`]: the one `Store` trait and its SQL implementation (SQLite, PostgreSQL).
@@ -41,3 +43,4 @@ pub mod state;
 pub mod store;
 pub mod tasks;
 pub mod template;
+pub mod warehouse;

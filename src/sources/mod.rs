@@ -6,6 +6,7 @@
 //! declared column types, the incremental cursor, and writes the dataset. Sources write
 //! nothing and never touch the store.
 
+pub mod calendar;
 pub mod csv;
 pub mod http_api;
 pub mod json;
@@ -43,6 +44,7 @@ pub const SOURCES: &[(&str, BuildFn)] = &[
     ("postgres", postgres::build),
     ("mysql", mysql::build),
     ("sqlite", sqlite::build),
+    ("calendar", calendar::build),
 ];
 
 /// What a source may use while it reads.
