@@ -12,11 +12,11 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub(crate) const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const MY_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
 /// A table name no other test (or test process) uses.
-fn unique(tag: &str) -> String {
+pub(crate) fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
         "cauce_{tag}_{}_{}",
@@ -26,7 +26,7 @@ fn unique(tag: &str) -> String {
 }
 
 /// Runs SQL with psql; returns its unaligned output (`|` between columns).
-fn psql(sql: &str) -> String {
+pub(crate) fn psql(sql: &str) -> String {
     let out = Command::new("psql")
         .args([
             "-h",
@@ -1025,7 +1025,7 @@ tasks:
 }
 
 /// Copies a folder tree (the shipped example projects).
-fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+pub(crate) fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();

@@ -9,6 +9,7 @@
 //! - `data_files`: file formats (JSON, NDJSON, Parquet, Excel in and out, decimal commas).
 //! - `data_http`: the http_api source against a local HTTP server: pagination, retries, auth.
 //! - `quality`: validate (rules, quarantine, populations, report) and reconcile/merge.
+//! - `warehouse`: dimension (SCD1/2 in PostgreSQL and Parquet), fact lookups, the calendar.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
 //! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
@@ -29,3 +30,4 @@ mod server;
 mod store;
 mod tasks;
 mod ui;
+mod warehouse;

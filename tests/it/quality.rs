@@ -500,13 +500,9 @@ tasks:
     )
 }
 
-#[test]
-fn reconcile_finds_rows_only_left_only_right_and_different_columns() {
-    let p = Project::new();
-    p.write("data/db.csv", DB);
-    p.write("data/file.csv", FILE);
-    p.pipeline("rec", &reconcile_pipeline(""));
-    let run = run_ok(&p, "rec");
+/// The three outputs of reconciling `DB` with `FILE`: a row only on each side, and a price
+/// and a name that differ.
+fn assert_differences(p: &Project) {
     assert_eq!(
         p.read("out/only_left.csv"),
         "id,name,price,stock\n1,A,1.0,5\n"
@@ -519,6 +515,16 @@ fn reconcile_finds_rows_only_left_only_right_and_different_columns() {
         p.read("out/different.csv"),
         "id,differs,name_left,name_right,price_left,price_right\n2,price,B,B,2.0,2.5\n4,name,D,DD,4.0,4.0\n"
     );
+}
+
+#[test]
+fn reconcile_finds_rows_only_left_only_right_and_different_columns() {
+    let p = Project::new();
+    p.write("data/db.csv", DB);
+    p.write("data/file.csv", FILE);
+    p.pipeline("rec", &reconcile_pipeline(""));
+    let run = run_ok(&p, "rec");
+    assert_differences(&p);
     let rec = output(&p, &run, "rec");
     let report = &rec["output"];
     assert_eq!(report["columns"], serde_json::json!(["name", "price"]));
@@ -578,4 +584,36 @@ for side in ['left', 'right']:
         lines[1],
         "[(1, 'A', 1.0, 5, None), (2, 'B', 2.5, 6, 'x'), (3, 'C', 3.0, 7, 'y'), (4, 'DD', 4.0, 8, 'z'), (5, 'E', 5.0, None, 'w')]"
     );
+}
+
+#[test]
+fn reconcile_a_postgres_table_with_a_csv_export() {
+    use crate::data_db::{psql, unique, PG_URL};
+    // Seed 004's symmetry check: the database side read from the real PostgreSQL.
+    let table = unique("rec_db");
+    psql(&format!(
+        "CREATE TABLE {table} (id bigint PRIMARY KEY, name text, price double precision, stock int); \
+         INSERT INTO {table} VALUES (1,'A',1.0,5),(2,'B',2.0,6),(3,'C',3.0,7),(4,'D',4.0,8)"
+    ));
+    let p = Project::new();
+    p.write("data/file.csv", FILE);
+    p.pipeline(
+        "rec",
+        &reconcile_pipeline("").replace(
+            "extract: {source: csv, path: data/db.csv}",
+            &format!("extract: {{source: postgres, url: \"{PG_URL}\", table: {table}}}"),
+        ),
+    );
+    let run = run_ok(&p, "rec");
+    assert_differences(&p);
+    let report = &output(&p, &run, "rec")["output"];
+    assert_eq!(
+        (
+            &report["only_left"],
+            &report["only_right"],
+            &report["different"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(2))
+    );
+    psql(&format!("DROP TABLE {table}"));
 }
