@@ -7,7 +7,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = cauce::cli::Cli::parse();
-    init_tracing(cli.log_format);
+    // A worker says what it runs; other commands speak only of problems.
+    let default_level = match cli.command {
+        cauce::cli::Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,9 +41,9 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn init_tracing(format: cauce::cli::LogFormat) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CAUCE_LOG").unwrap_or_else(|_| "warn".into());
+fn init_tracing(format: cauce::cli::LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAUCE_LOG")
+        .unwrap_or_else(|_| default_level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -46,6 +46,22 @@ pub struct Settings {
     pub alerts: crate::alerts::AlertSettings,
     /// The data plane: memory limit, batch size, dataset retention.
     pub data: crate::data::DataSettings,
+    /// Who runs the attempts of this project's runs.
+    pub executor: Executor,
+    /// Where logs, reports and datasets live when not in `.cauce/`: a folder every
+    /// server and worker mounts (relative to the root).
+    pub shared_dir: Option<PathBuf>,
+}
+
+/// Who runs attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    /// The process that executes the run (`cauce run`, the server).
+    #[default]
+    Local,
+    /// `cauce worker` processes claiming them from the store.
+    Workers,
 }
 
 impl Default for Settings {
@@ -66,6 +82,8 @@ impl Default for Settings {
             server: Default::default(),
             alerts: Default::default(),
             data: Default::default(),
+            executor: Executor::Local,
+            shared_dir: None,
         }
     }
 }
@@ -134,6 +152,8 @@ struct RawSettings {
     lease: Option<String>,
     kill_grace: Option<String>,
     pipelines_dir: Option<String>,
+    executor: Option<Executor>,
+    shared_dir: Option<String>,
 }
 
 /// A project (or a lone pipeline file's folder).
@@ -247,7 +267,16 @@ impl Project {
 
     /// Where run logs go.
     pub fn logs_dir(&self) -> PathBuf {
-        self.state_dir().join("logs")
+        self.shared_root().join("logs")
+    }
+
+    /// Where logs, reports and datasets live: `shared_dir` (which every server and worker
+    /// mounts), else `.cauce/`.
+    pub fn shared_root(&self) -> PathBuf {
+        match &self.settings.shared_dir {
+            Some(d) => self.root.join(d),
+            None => self.state_dir(),
+        }
     }
 
     /// The log file of one attempt: `.cauce/logs/RUN/TASK.N.log`.
@@ -259,12 +288,12 @@ impl Project {
 
     /// Where run reports go.
     pub fn reports_dir(&self) -> PathBuf {
-        self.state_dir().join("reports")
+        self.shared_root().join("reports")
     }
 
     /// Where run datasets go.
     pub fn data_dir(&self) -> PathBuf {
-        self.state_dir().join("data")
+        self.shared_root().join("data")
     }
 
     /// The pipeline files of the project, sorted.
@@ -519,6 +548,10 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     if let Some(d) = raw.pipelines_dir {
         s.pipelines_dir = PathBuf::from(d);
     }
+    if let Some(e) = raw.executor {
+        s.executor = e;
+    }
+    s.shared_dir = raw.shared_dir.map(PathBuf::from);
     if let Some(n) = &defaults_node {
         match parse_defaults(n, file, "defaults") {
             Ok(d) => s.defaults = d,

@@ -23,6 +23,7 @@ mod progress;
 mod run;
 mod server;
 mod validate;
+mod worker;
 
 use crate::engine::Services;
 use crate::project::Project;
@@ -99,6 +100,10 @@ pub enum Command {
     Server(server::ServerArgs),
     /// Show the next fire times of scheduled pipelines.
     Schedule(server::ScheduleArgs),
+    /// Claim and run task attempts from the store's queues (`executor: workers`).
+    Worker(worker::WorkerArgs),
+    /// List the workers the store has heard from, with their heartbeats and attempts.
+    Workers(worker::WorkersArgs),
 }
 
 /// What every command starts from.
@@ -168,6 +173,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Logs(a) => inspect::logs(cx, a).await,
         Command::Server(a) => server::server(cx, a).await,
         Command::Schedule(a) => server::schedule(cx, a),
+        Command::Worker(a) => worker::worker(cx, a).await,
+        Command::Workers(a) => worker::workers(cx, a).await,
     }
 }
 

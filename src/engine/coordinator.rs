@@ -51,7 +51,18 @@ pub(super) struct Coordinator {
     /// How many attempts of this run are queued and claimable now. This coordinator is the
     /// only claimer of its run, so it knows without asking the store.
     claimable: usize,
+    /// Whether `cauce worker` processes run the attempts (`executor: workers`): this
+    /// coordinator then only enqueues, watches the store for results and re-queues
+    /// attempts whose worker stopped heartbeating.
+    remote: bool,
+    /// Remote mode: whether the cancel request was written to the store for the workers.
+    cancel_sent: bool,
+    /// Remote mode: how long a cancelled run waits for workers to stop their attempts.
+    cancel_deadline: Option<tokio::time::Instant>,
 }
+
+/// How often a remote-mode coordinator reads its run's task states.
+const REMOTE_POLL: Duration = Duration::from_millis(100);
 
 impl Coordinator {
     /// Loads the run's task states from the store.
@@ -90,6 +101,8 @@ impl Coordinator {
             .iter()
             .filter(|t| states[*t] == TaskState::Queued)
             .count();
+        let engine_remote =
+            engine.services.project.settings.executor == crate::project::Executor::Workers;
         Ok(Coordinator {
             position: order
                 .iter()
@@ -120,6 +133,9 @@ impl Coordinator {
             skipped_by_failure: HashSet::new(),
             retry_at: HashMap::new(),
             claimable,
+            remote: engine_remote,
+            cancel_sent: false,
+            cancel_deadline: None,
         })
     }
 
@@ -145,6 +161,7 @@ impl Coordinator {
             }
             // Wait for an attempt to end, a retry to come due, or a cancellation.
             let wake = match self.retry_at.values().min() {
+                _ if self.remote => REMOTE_POLL,
                 Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 500) as u64),
                 None => Duration::from_millis(500),
             };
@@ -158,12 +175,23 @@ impl Coordinator {
                 _ = self.cancel.cancelled(), if !self.cancelled => self.cancelled = true,
                 _ = tokio::time::sleep(wake) => {}
             }
+            if self.remote {
+                if self.cancelled && !self.cancel_sent {
+                    // The workers running this run's attempts see the flag and stop them.
+                    self.cancel_sent = true;
+                    svc.store.request_cancel(&self.run.id).await?;
+                }
+                self.poll_remote().await?;
+            }
             let now = tokio::time::Instant::now();
             if now >= next_heartbeat {
                 next_heartbeat = now + lease / 3;
                 svc.store
                     .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
                     .await?;
+                if self.remote {
+                    self.requeue_lost().await?;
+                }
             }
             if now >= next_cancel_poll && !self.cancelled {
                 // `cauce cancel` from another process sets a flag in the store.
@@ -348,7 +376,103 @@ impl Coordinator {
     }
 
     fn free_slots(&self) -> usize {
+        if self.remote {
+            return 0; // the workers claim
+        }
         self.run.max_workers.saturating_sub(self.inflight.len())
+    }
+
+    /// Remote mode: takes in what the workers recorded since the last look (attempts
+    /// started, retries, final states), as `on_outcome` does for local attempts.
+    async fn poll_remote(&mut self) -> Result<(), EngineError> {
+        let records = self.engine.services.store.task_runs(&self.run.id).await?;
+        for r in records {
+            let Some(old) = self.states.get(&r.task_id).copied() else {
+                continue;
+            };
+            if old == r.state || old.is_final() {
+                continue;
+            }
+            let id = r.task_id.clone();
+            let elapsed = match (r.started_at, r.ended_at) {
+                (Some(a), Some(b)) => Some(Duration::from_millis((b - a).max(0) as u64)),
+                _ => None,
+            };
+            match r.state {
+                s if s.is_final() => {
+                    self.states.insert(id.clone(), s);
+                    self.wake_dependents(&id);
+                    (self.events)(Event::Finished {
+                        task: id.clone(),
+                        state: s,
+                        elapsed,
+                        error: r.error.clone(),
+                    });
+                    if s == TaskState::Failed && self.critical[&id] && self.stopping.is_none() {
+                        self.stop_after_critical_failure(&id).await?;
+                    }
+                }
+                TaskState::Retrying if self.stopping.is_some() || self.cancelled => {
+                    // A worker scheduled a retry after the run was stopped.
+                    self.finalize(vec![(id, TaskState::Failed, r.error.clone())])
+                        .await?;
+                }
+                TaskState::Retrying => {
+                    let task = &self.run.pipeline.tasks[&id];
+                    let used = r.attempts.saturating_sub(self.budget_base[&id]);
+                    self.states.insert(id.clone(), TaskState::Retrying);
+                    (self.events)(Event::Retrying {
+                        task: id,
+                        attempt: r.attempts,
+                        delay: task.retry.delay_for(used),
+                        error: r.error.clone().unwrap_or_default(),
+                    });
+                }
+                TaskState::Running => {
+                    self.states.insert(id.clone(), TaskState::Running);
+                    (self.events)(Event::Started {
+                        task: id,
+                        attempt: r.attempts,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Remote mode: attempts whose worker stopped heartbeating past its lease are marked
+    /// lost; each counts as an attempt, and the task is retried while its budget lasts.
+    async fn requeue_lost(&mut self) -> Result<(), EngineError> {
+        let store = Arc::clone(&self.engine.services.store);
+        let now = now_ms();
+        let lost = store.expire_leases(Some(&self.run.id), &[], now).await?;
+        for a in lost {
+            let Some(task) = self.run.pipeline.tasks.get(&a.task_id) else {
+                continue;
+            };
+            let used = a
+                .number
+                .saturating_sub(self.budget_base.get(&a.task_id).copied().unwrap_or(0));
+            let giving_up = self.stopping.is_some() || self.cancelled;
+            let error = format!(
+                "lost: {} stopped heartbeating (lease expired)",
+                a.owner.as_deref().unwrap_or("its worker")
+            );
+            let next = if !giving_up && used <= task.retry.retries {
+                Next::Retry {
+                    available_at: now + task.retry.delay_for(used).as_millis() as i64,
+                }
+            } else {
+                Next::Final(TaskState::Failed)
+            };
+            tracing::warn!(run = %self.run.id, task = %a.task_id, attempt = a.number, "{error}");
+            store
+                .resolve_lost(&self.run.id, &a.task_id, &error, next, now)
+                .await?;
+        }
+        // The new states reach the view with the next poll.
+        Ok(())
     }
 
     /// Starts the attempts that a claim of `want` returned.
@@ -381,10 +505,40 @@ impl Coordinator {
     /// With nothing running: if nothing can start any more, gives every task left its
     /// final state and returns true.
     async fn finish_if_done(&mut self) -> Result<bool, EngineError> {
-        let can_progress =
-            self.claimable > 0 || !self.retry_at.is_empty() || !self.dirty.is_empty();
-        if !self.cancelled && can_progress {
-            return Ok(false);
+        if self.remote {
+            let outstanding = |s: &TaskState| {
+                matches!(
+                    s,
+                    TaskState::Queued | TaskState::Running | TaskState::Retrying
+                )
+            };
+            if !self.cancelled
+                && (self.order.iter().any(|t| outstanding(&self.states[t]))
+                    || !self.dirty.is_empty())
+            {
+                return Ok(false);
+            }
+            if self.cancelled
+                && self
+                    .order
+                    .iter()
+                    .any(|t| self.states[t] == TaskState::Running)
+            {
+                // Give the workers time to stop their attempts and record it.
+                let grace = self.engine.services.project.settings.kill_grace;
+                let deadline = *self.cancel_deadline.get_or_insert_with(|| {
+                    tokio::time::Instant::now() + grace + Duration::from_secs(5)
+                });
+                if tokio::time::Instant::now() < deadline {
+                    return Ok(false);
+                }
+            }
+        } else {
+            let can_progress =
+                self.claimable > 0 || !self.retry_at.is_empty() || !self.dirty.is_empty();
+            if !self.cancelled && can_progress {
+                return Ok(false);
+            }
         }
         let (state, reason) = if self.cancelled {
             (TaskState::Cancelled, "run cancelled")
@@ -420,6 +574,7 @@ impl Coordinator {
         };
         let claim = ClaimRequest {
             run_id: Some(&self.run.id),
+            queues: None,
             lease: svc.project.settings.lease,
             limit: want,
         };
@@ -505,47 +660,13 @@ impl Coordinator {
     /// What follows an attempt: a final state or a retry, and the event to show.
     fn decide(&self, o: &AttemptOutcome) -> (Next, Event) {
         let task = &self.run.pipeline.tasks[&o.attempt.task_id];
-        let id = task.id.clone();
-        let finished = |state, error| Event::Finished {
-            task: id.clone(),
-            state,
-            elapsed: Some(o.elapsed),
-            error,
-        };
-        match &o.result {
-            Ok(_) => (
-                Next::Final(TaskState::Success),
-                finished(TaskState::Success, None),
-            ),
-            Err(TaskError::Cancelled) if !o.timed_out => (
-                Next::Final(TaskState::Cancelled),
-                finished(TaskState::Cancelled, Some("cancelled".into())),
-            ),
-            Err(e) => {
-                let error = self.engine.services.project.secrets.redact(&e.to_string());
-                let used = o.attempt.number.saturating_sub(self.budget_base[&id]);
-                let giving_up = self.stopping.is_some() || self.cancelled;
-                if e.retryable() && !giving_up && used <= task.retry.retries {
-                    let delay = task.retry.delay_for(used);
-                    (
-                        Next::Retry {
-                            available_at: now_ms() + delay.as_millis() as i64,
-                        },
-                        Event::Retrying {
-                            task: id.clone(),
-                            attempt: o.attempt.number,
-                            delay,
-                            error,
-                        },
-                    )
-                } else {
-                    (
-                        Next::Final(TaskState::Failed),
-                        finished(TaskState::Failed, Some(error)),
-                    )
-                }
-            }
-        }
+        decide(
+            &self.engine.services,
+            task,
+            o,
+            self.budget_base[&task.id],
+            self.stopping.is_some() || self.cancelled,
+        )
     }
 
     fn final_state(&self) -> RunState {
@@ -563,8 +684,60 @@ impl Coordinator {
     }
 }
 
+/// What follows an attempt of `task` (whose retry budget started at attempt
+/// `budget_base`): a final state or a retry after its backoff (none when `giving_up`), and
+/// the event to show. The coordinator and `cauce worker` decide alike.
+pub(super) fn decide(
+    svc: &super::Services,
+    task: &crate::spec::Task,
+    o: &AttemptOutcome,
+    budget_base: u32,
+    giving_up: bool,
+) -> (Next, Event) {
+    let id = task.id.clone();
+    let finished = |state, error| Event::Finished {
+        task: id.clone(),
+        state,
+        elapsed: Some(o.elapsed),
+        error,
+    };
+    match &o.result {
+        Ok(_) => (
+            Next::Final(TaskState::Success),
+            finished(TaskState::Success, None),
+        ),
+        Err(TaskError::Cancelled) if !o.timed_out => (
+            Next::Final(TaskState::Cancelled),
+            finished(TaskState::Cancelled, Some("cancelled".into())),
+        ),
+        Err(e) => {
+            let error = svc.project.secrets.redact(&e.to_string());
+            let used = o.attempt.number.saturating_sub(budget_base);
+            if e.retryable() && !giving_up && used <= task.retry.retries {
+                let delay = task.retry.delay_for(used);
+                (
+                    Next::Retry {
+                        available_at: now_ms() + delay.as_millis() as i64,
+                    },
+                    Event::Retrying {
+                        task: id.clone(),
+                        attempt: o.attempt.number,
+                        delay,
+                        error,
+                    },
+                )
+            } else {
+                (
+                    Next::Final(TaskState::Failed),
+                    finished(TaskState::Failed, Some(error)),
+                )
+            }
+        }
+    }
+}
+
 /// What the store records of an attempt (errors and outputs with secrets masked).
-fn attempt_result(o: &AttemptOutcome, svc: &super::Services) -> AttemptResult {
+pub(super) fn attempt_result(o: &AttemptOutcome, svc: &super::Services) -> AttemptResult {
     let secrets = &svc.project.secrets;
     let (state, error, output, metrics) = match &o.result {
         Ok(out) => (

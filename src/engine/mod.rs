@@ -9,6 +9,7 @@
 pub mod attempt;
 mod coordinator;
 pub mod report;
+pub mod worker;
 
 use crate::alerts::{Alert, AlertEvent, Alerter};
 use crate::dag;
@@ -97,7 +98,7 @@ pub fn owner_id() -> String {
     )
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -293,11 +294,10 @@ impl Engine {
             tasks: opts
                 .selection
                 .iter()
-                .map(|t| {
-                    (
-                        t.clone(),
-                        pipeline.tasks[t].critical && !opts.continue_on_failure,
-                    )
+                .map(|t| crate::store::NewTask {
+                    id: t.clone(),
+                    critical: pipeline.tasks[t].critical && !opts.continue_on_failure,
+                    queue: pipeline.tasks[t].queue.clone(),
                 })
                 .collect(),
             options: serde_json::json!({

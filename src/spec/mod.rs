@@ -314,6 +314,8 @@ pub struct Task {
     pub env: IndexMap<String, String>,
     /// Alert channels for this task's events (the pipeline's when `None`).
     pub alerts: Option<AlertRoutes>,
+    /// The queue workers claim its attempts from (`default` unless it or `defaults` names one).
+    pub queue: String,
     /// Where it is defined.
     pub location: Location,
     /// Where each `depends_on` entry is written.

@@ -37,6 +37,8 @@ pub struct TaskDefaults {
     pub trigger: Option<Trigger>,
     /// Environment variables.
     pub env: IndexMap<String, String>,
+    /// The queue workers claim the task's attempts from.
+    pub queue: Option<String>,
 }
 
 impl TaskDefaults {
@@ -53,6 +55,7 @@ impl TaskDefaults {
             critical: self.critical.or(base.critical),
             trigger: self.trigger.or(base.trigger),
             env,
+            queue: self.queue.clone().or_else(|| base.queue.clone()),
         }
     }
 }
@@ -68,7 +71,11 @@ struct RawDefaults {
     critical: Option<bool>,
     trigger: Option<Spanned<String>>,
     env: Option<IndexMap<String, String>>,
+    queue: Option<String>,
 }
+
+/// The queue of tasks that name none.
+pub const DEFAULT_QUEUE: &str = "default";
 
 /// The keys every task may have besides its kind key.
 pub const COMMON_TASK_KEYS: &[&str] = &[
@@ -85,6 +92,7 @@ pub const COMMON_TASK_KEYS: &[&str] = &[
     "category",
     "env",
     "alerts",
+    "queue",
 ];
 
 #[derive(Deserialize)]
@@ -103,6 +111,7 @@ struct RawTask {
     category: Option<String>,
     env: Option<IndexMap<String, String>>,
     alerts: Option<RawAlerts>,
+    queue: Option<String>,
 }
 
 /// `alerts:` of a pipeline or a task: channel names per event.
@@ -395,6 +404,7 @@ pub fn parse_defaults(node: &Node, file: &Path, field: &str) -> Result<TaskDefau
         critical: raw.critical,
         trigger: trigger_field(file, &f("trigger"), &raw.trigger, &mut errors),
         env: raw.env.unwrap_or_default(),
+        queue: raw.queue,
     };
     if errors.is_empty() {
         Ok(d)
@@ -859,6 +869,10 @@ fn parse_tasks(
             category: raw.category,
             env,
             alerts: raw.alerts.map(|a| a.build(file)),
+            queue: raw
+                .queue
+                .or_else(|| defaults.queue.clone())
+                .unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
             location,
         };
         tasks.insert(id, task);

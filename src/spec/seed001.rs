@@ -182,6 +182,7 @@ pub fn convert(
             critical: raw.critical.or(project_defaults.critical).unwrap_or(true),
             category: raw.category,
             alerts: None,
+            queue: crate::spec::parse::DEFAULT_QUEUE.to_string(),
             env: project_defaults.env.clone(),
             location,
         };

@@ -64,8 +64,8 @@ pub struct NewRun {
     pub source: String,
     /// Resolved params.
     pub params: serde_json::Value,
-    /// Selected task ids, in order, with whether each is critical.
-    pub tasks: Vec<(String, bool)>,
+    /// Selected tasks, in order.
+    pub tasks: Vec<NewTask>,
     /// Run options (`max_workers`, `continue_on_failure`).
     pub options: serde_json::Value,
     /// Logical date, RFC 3339.
@@ -76,6 +76,17 @@ pub struct NewRun {
     pub parent: Option<(String, String)>,
     /// The process that executes it.
     pub owner: String,
+}
+
+/// A task of a new run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// Task id.
+    pub id: String,
+    /// Whether its failure stops the run.
+    pub critical: bool,
+    /// The queue its attempts go to (workers subscribe to queues).
+    pub queue: String,
 }
 
 /// A stored run.
@@ -232,6 +243,8 @@ pub enum Next {
 pub struct ClaimRequest<'a> {
     /// Only attempts of this run (`None`: any run).
     pub run_id: Option<&'a str>,
+    /// Only attempts of these queues (`None`: any queue).
+    pub queues: Option<&'a [String]>,
     /// Lease of the claimed attempts.
     pub lease: Duration,
     /// At most this many.
@@ -339,7 +352,44 @@ pub struct StoreStats {
     pub running_attempts: u64,
 }
 
-/// The operations the engine, the CLI and (later) the server and workers need.
+/// A `cauce worker` process as it registers itself.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerInfo {
+    /// Its lease-holder id (`host:pid:nonce`), the owner of the attempts it runs.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: i64,
+    /// Attempts it runs at once.
+    pub slots: i64,
+    /// The queues it claims from.
+    pub queues: Vec<String>,
+    /// Free labels (`zone=eu`, `gpu`).
+    pub labels: Vec<String>,
+    /// cauce version.
+    pub version: String,
+}
+
+/// A worker as the store knows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkerRecord {
+    /// What it registered.
+    #[serde(flatten)]
+    pub info: WorkerInfo,
+    /// When it started.
+    pub started_at: Millis,
+    /// Its last heartbeat.
+    pub heartbeat_at: Millis,
+    /// When it stopped cleanly (`None` while it runs, or if it died).
+    pub stopped_at: Option<Millis>,
+    /// Whether it is draining (finishing its attempts, claiming no more).
+    pub draining: bool,
+    /// Attempts it holds now.
+    pub running: i64,
+}
+
+/// The operations the engine, the CLI, the server and workers need.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Which backend (`sqlite` or `postgres`).
@@ -465,6 +515,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Millis,
         limit: usize,
     ) -> StoreResult<Vec<AttemptRecord>>;
+
+    /// Claims up to `limit` of the oldest claimable queued attempts of any run in `queues`
+    /// (a worker's claim).
+    async fn claim_from_queues(
+        &self,
+        queues: &[String],
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<AttemptRecord>>;
+
+    /// Records a worker (again, after a restart with the same id).
+    async fn register_worker(&self, worker: &WorkerInfo, now: Millis) -> StoreResult<()>;
+    /// A worker's heartbeat, saying whether it drains.
+    async fn worker_heartbeat(&self, id: &str, draining: bool, now: Millis) -> StoreResult<()>;
+    /// A worker stopped cleanly.
+    async fn worker_stopped(&self, id: &str, now: Millis) -> StoreResult<()>;
+    /// Workers that heartbeated since `since`, or stopped since then, newest first.
+    async fn workers(&self, since: Millis) -> StoreResult<Vec<WorkerRecord>>;
 
     /// Claims the oldest claimable queued attempt, if there is one.
     async fn claim(

@@ -9,7 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 /// Schema migrations in order; the store records how many it has applied.
-const MIGRATIONS: [(&str, &str); 3] = [
+const MIGRATIONS: [(&str, &str); 4] = [
     (
         include_str!("migrations/sqlite_v1.sql"),
         include_str!("migrations/postgres_v1.sql"),
@@ -21,6 +21,10 @@ const MIGRATIONS: [(&str, &str); 3] = [
     (
         include_str!("migrations/sqlite_v3.sql"),
         include_str!("migrations/postgres_v3.sql"),
+    ),
+    (
+        include_str!("migrations/sqlite_v4.sql"),
+        include_str!("migrations/postgres_v4.sql"),
     ),
 ];
 
@@ -377,7 +381,7 @@ async fn apply_next(
                 .bind(task_id)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO attempts (run_id, task_id, number, state, available_at) SELECT run_id, task_id, attempts, 'queued', $1 FROM task_runs WHERE run_id = $2 AND task_id = $3")
+            sqlx::query("INSERT INTO attempts (run_id, task_id, number, state, available_at, queue) SELECT run_id, task_id, attempts, 'queued', $1, queue FROM task_runs WHERE run_id = $2 AND task_id = $3")
                 .bind(available_at)
                 .bind(run_id)
                 .bind(task_id)
@@ -391,7 +395,7 @@ async fn apply_next(
 /// Moves pending tasks to `queued` and inserts their next attempts (caller's transaction).
 /// Inserts a run and its task rows (inside the caller's transaction).
 async fn insert_run(conn: &mut sqlx::AnyConnection, run: &NewRun, now: Millis) -> StoreResult<()> {
-    let selection: Vec<&str> = run.tasks.iter().map(|(t, _)| t.as_str()).collect();
+    let selection: Vec<&str> = run.tasks.iter().map(|t| t.id.as_str()).collect();
     sqlx::query(
         "INSERT INTO runs (id, pipeline, pipeline_file, base_dir, source, state, params, selection, options, logical_date, trigger_kind, parent_run_id, parent_task_id, created_at, owner, heartbeat_at, cancel_requested) \
          VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $8, $9, $10, $11, $12, $13, $14, $13, 0)",
@@ -417,24 +421,26 @@ async fn insert_run(conn: &mut sqlx::AnyConnection, run: &NewRun, now: Millis) -
         let values: Vec<String> = (0..chunk.len())
             .map(|r| {
                 format!(
-                    "($1, ${}, ${}, 'pending', ${})",
-                    2 + r * 3,
-                    3 + r * 3,
-                    4 + r * 3
+                    "($1, ${}, ${}, 'pending', ${}, ${})",
+                    2 + r * 4,
+                    3 + r * 4,
+                    4 + r * 4,
+                    5 + r * 4
                 )
             })
             .collect();
         let sql = format!(
-            "INSERT INTO task_runs (run_id, task_id, position, state, critical) VALUES {}",
+            "INSERT INTO task_runs (run_id, task_id, position, state, critical, queue) VALUES {}",
             values.join(", ")
         );
         // Audited: only `$n` placeholders are formatted in; every value is bound.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(&run.id);
-        for (r, (task, critical)) in chunk.iter().enumerate() {
+        for (r, task) in chunk.iter().enumerate() {
             query = query
-                .bind(task)
+                .bind(&task.id)
                 .bind((chunk_no * INSERT_BATCH + r) as i64)
-                .bind(i64::from(*critical));
+                .bind(i64::from(task.critical))
+                .bind(&task.queue);
         }
         query.execute(&mut *conn).await?;
     }
@@ -470,8 +476,8 @@ async fn enqueue_in(
             continue;
         }
         let insert = format!(
-                "INSERT INTO attempts (run_id, task_id, number, state, available_at) \
-                 SELECT run_id, task_id, attempts, 'queued', $2 FROM task_runs WHERE run_id = $1 AND task_id IN ({}) ORDER BY position",
+                "INSERT INTO attempts (run_id, task_id, number, state, available_at, queue) \
+                 SELECT run_id, task_id, attempts, 'queued', $2, queue FROM task_runs WHERE run_id = $1 AND task_id IN ({}) ORDER BY position",
                 placeholders(3, moved.len())
             );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(insert))
@@ -486,41 +492,46 @@ async fn enqueue_in(
 }
 
 /// Claims up to `limit` queued attempts for `owner` (caller's transaction).
+#[allow(clippy::too_many_arguments)]
 async fn claim_in(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
     run_id: Option<&str>,
+    queues: Option<&[String]>,
     owner: &str,
     lease: Duration,
     now: Millis,
     limit: usize,
 ) -> StoreResult<Vec<AttemptRecord>> {
-    if limit == 0 {
+    if limit == 0 || queues.is_some_and(|q| q.is_empty()) {
         return Ok(Vec::new());
     }
-    // The only difference between the dialects: PostgreSQL skips rows other workers hold.
-    let sql = match dialect {
-        Dialect::Postgres => concat!(
-            "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
-             WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) \
-             ORDER BY available_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) RETURNING ",
-            attempt_cols!()
-        ),
-        Dialect::Sqlite => concat!(
-            "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
-             WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4) \
-             ORDER BY available_at, id LIMIT $5) RETURNING ",
-            attempt_cols!()
-        ),
+    let queue_filter = match queues {
+        None => String::new(),
+        Some(q) => format!(" AND queue IN ({})", placeholders(6, q.len())),
     };
-    let rows = sqlx::query(sql)
+    // The only difference between the dialects: PostgreSQL skips rows other workers hold.
+    let lock = match dialect {
+        Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+        Dialect::Sqlite => "",
+    };
+    let sql = format!(
+        "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
+         WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4){queue_filter} \
+         ORDER BY available_at, id LIMIT $5{lock}) RETURNING {}",
+        attempt_cols!()
+    );
+    // Audited: only `$n` placeholders and fixed text are formatted in; every value is bound.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(owner)
         .bind(now + ms(lease))
         .bind(now)
         .bind(run_id.map(String::from))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *conn)
-        .await?;
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+    for q in queues.unwrap_or_default() {
+        query = query.bind(q);
+    }
+    let rows = query.fetch_all(&mut *conn).await?;
     let mut claimed = rows
         .iter()
         .map(attempt_from_row)
@@ -973,6 +984,7 @@ impl Store for SqlStore {
             &mut tx,
             self.dialect,
             Some(run_id),
+            None,
             owner,
             lease,
             now,
@@ -1031,6 +1043,112 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn claim_from_queues(
+        &self,
+        queues: &[String],
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        if limit == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        let claimed = claim_in(
+            &mut tx,
+            self.dialect,
+            None,
+            Some(queues),
+            owner,
+            lease,
+            now,
+            limit,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn register_worker(&self, w: &super::WorkerInfo, now: Millis) -> StoreResult<()> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(&w.id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO workers (id, host, pid, slots, queues, labels, version, started_at, heartbeat_at, draining) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, 0)",
+        )
+        .bind(&w.id)
+        .bind(&w.host)
+        .bind(w.pid)
+        .bind(w.slots)
+        .bind(serde_json::to_string(&w.queues).unwrap_or_default())
+        .bind(serde_json::to_string(&w.labels).unwrap_or_default())
+        .bind(&w.version)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn worker_heartbeat(&self, id: &str, draining: bool, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE workers SET heartbeat_at = $1, draining = $2 WHERE id = $3")
+            .bind(now)
+            .bind(i64::from(draining))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn worker_stopped(&self, id: &str, now: Millis) -> StoreResult<()> {
+        sqlx::query("UPDATE workers SET stopped_at = $1, heartbeat_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn workers(&self, since: Millis) -> StoreResult<Vec<super::WorkerRecord>> {
+        let rows = sqlx::query(
+            "SELECT w.id, w.host, w.pid, w.slots, w.queues, w.labels, w.version, w.started_at, w.heartbeat_at, w.stopped_at, w.draining, \
+             (SELECT COUNT(*) FROM attempts a WHERE a.owner = w.id AND a.state = 'running') AS running \
+             FROM workers w WHERE w.heartbeat_at >= $1 ORDER BY w.started_at DESC, w.id",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let list = |col: &str| -> StoreResult<Vec<String>> {
+                    let text: String = r.try_get(col)?;
+                    serde_json::from_str(&text)
+                        .map_err(|e| StoreError::Corrupt(format!("workers.{col}: {e}")))
+                };
+                Ok(super::WorkerRecord {
+                    info: super::WorkerInfo {
+                        id: r.try_get("id")?,
+                        host: r.try_get("host")?,
+                        pid: r.try_get("pid")?,
+                        slots: r.try_get("slots")?,
+                        queues: list("queues")?,
+                        labels: list("labels")?,
+                        version: r.try_get("version")?,
+                    },
+                    started_at: r.try_get("started_at")?,
+                    heartbeat_at: r.try_get("heartbeat_at")?,
+                    stopped_at: r.try_get("stopped_at")?,
+                    draining: r.try_get::<i64, _>("draining")? != 0,
+                    running: r.try_get("running")?,
+                })
+            })
+            .collect()
+    }
+
     async fn claim_many(
         &self,
         run_id: Option<&str>,
@@ -1043,7 +1161,17 @@ impl Store for SqlStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let claimed = claim_in(&mut tx, self.dialect, run_id, owner, lease, now, limit).await?;
+        let claimed = claim_in(
+            &mut tx,
+            self.dialect,
+            run_id,
+            None,
+            owner,
+            lease,
+            now,
+            limit,
+        )
+        .await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -1109,6 +1237,7 @@ impl Store for SqlStore {
             &mut tx,
             self.dialect,
             claim.run_id,
+            claim.queues,
             owner,
             claim.lease,
             now,

@@ -10,6 +10,7 @@
 //! - `data_http`: the http_api source against a local HTTP server: pagination, retries, auth.
 //! - `quality`: validate (rules, quarantine, populations, report) and reconcile/merge.
 //! - `warehouse`: dimension (SCD1/2 in PostgreSQL and Parquet), fact lookups, the calendar.
+//! - `workers`: `cauce worker` processes on PostgreSQL: queues, drain, kill -9, frozen workers, a soak.
 //! - `tasks`: the task kinds (python, http, pipeline), secrets and injection safety.
 //! - `server`: `cauce server`: API, auth, scheduler, alerts, metrics, lifecycle.
 //! - `fuzz`: schema-driven fuzzing of the API from its OpenAPI document.
@@ -31,3 +32,4 @@ mod store;
 mod tasks;
 mod ui;
 mod warehouse;
+mod workers;

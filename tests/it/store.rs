@@ -3,7 +3,7 @@
 //! each PostgreSQL test in a schema of its own.
 
 use cauce::state::{AttemptState, RunState, TaskState};
-use cauce::store::{self, AttemptResult, NewRun, Next, Store};
+use cauce::store::{self, AttemptResult, NewRun, NewTask, Next, Store, WorkerInfo};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,7 +81,18 @@ fn new_run(id: &str, tasks: &[&str]) -> NewRun {
         base_dir: ".".into(),
         source: "tasks: {}".into(),
         params: serde_json::json!({"day": "2024-01-01"}),
-        tasks: tasks.iter().map(|t| (t.to_string(), true)).collect(),
+        tasks: tasks
+            .iter()
+            .map(|t| {
+                // `name@queue` puts a task on a queue.
+                let (id, queue) = t.split_once('@').unwrap_or((t, "default"));
+                NewTask {
+                    id: id.into(),
+                    critical: true,
+                    queue: queue.into(),
+                }
+            })
+            .collect(),
         options: serde_json::json!({"max_workers": 2}),
         logical_date: "2024-01-01T00:00:00Z".into(),
         trigger: "manual".into(),
@@ -424,6 +435,7 @@ async fn results_and_claims_share_a_transaction(s: &dyn Store) {
     };
     let claim = store::ClaimRequest {
         run_id: Some("x1"),
+        queues: None,
         lease: LEASE,
         limit: 1,
     };
@@ -674,6 +686,97 @@ macro_rules! conformance {
     };
 }
 
+/// Workers claim only from their queues; a retry stays on its task's queue.
+async fn workers_claim_from_their_queues(s: &dyn Store) {
+    s.create_run(&new_run("wq", &["a", "b@gpu", "c@etl"]), 0)
+        .await
+        .unwrap();
+    s.enqueue("wq", &["a".into(), "b".into(), "c".into()], 10)
+        .await
+        .unwrap();
+    let etl = ["etl".to_string()];
+    let got = s.claim_from_queues(&etl, "w1", LEASE, 20, 5).await.unwrap();
+    assert_eq!(
+        got.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+    let both = ["default".to_string(), "gpu".to_string()];
+    let got = s
+        .claim_from_queues(&both, "w2", LEASE, 20, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    assert!(s
+        .claim_from_queues(&[], "w3", LEASE, 20, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    // b fails and is retried: the new attempt is on `gpu` again.
+    let b = got.iter().find(|a| a.task_id == "b").unwrap();
+    let failed = AttemptResult {
+        state: Some(AttemptState::Failed),
+        error: Some("boom".into()),
+        ..Default::default()
+    };
+    assert!(s
+        .complete(b.id, "w2", &failed, Next::Retry { available_at: 30 }, 25)
+        .await
+        .unwrap());
+    assert!(s
+        .claim_from_queues(&etl, "w1", LEASE, 40, 5)
+        .await
+        .unwrap()
+        .is_empty());
+    let gpu = ["gpu".to_string()];
+    let again = s.claim_from_queues(&gpu, "w4", LEASE, 40, 5).await.unwrap();
+    assert_eq!((again[0].task_id.as_str(), again[0].number), ("b", 2));
+}
+
+/// Workers register, heartbeat, drain and stop; the listing counts what each holds.
+async fn workers_register_and_are_listed(s: &dyn Store) {
+    let info = |id: &str| WorkerInfo {
+        id: id.into(),
+        host: "h".into(),
+        pid: 7,
+        slots: 4,
+        queues: vec!["default".into(), "etl".into()],
+        labels: vec!["zone=eu".into()],
+        version: "x".into(),
+    };
+    s.register_worker(&info("w1"), 100).await.unwrap();
+    s.register_worker(&info("w2"), 100).await.unwrap();
+    s.create_run(&new_run("wl", &["a", "b"]), 0).await.unwrap();
+    s.enqueue("wl", &["a".into(), "b".into()], 10)
+        .await
+        .unwrap();
+    let q = ["default".to_string()];
+    s.claim_from_queues(&q, "w1", LEASE, 110, 2).await.unwrap();
+    s.worker_heartbeat("w1", true, 200).await.unwrap();
+    s.worker_stopped("w2", 150).await.unwrap();
+    let list = s.workers(0).await.unwrap();
+    let w1 = list.iter().find(|w| w.info.id == "w1").unwrap();
+    assert_eq!((w1.running, w1.draining, w1.heartbeat_at), (2, true, 200));
+    assert_eq!(w1.info.queues, ["default", "etl"]);
+    assert_eq!(w1.info.labels, ["zone=eu"]);
+    let w2 = list.iter().find(|w| w.info.id == "w2").unwrap();
+    assert_eq!((w2.running, w2.stopped_at), (0, Some(150)));
+    // Only those heard of since a time.
+    assert_eq!(s.workers(180).await.unwrap().len(), 1);
+    // A restart with the same id starts afresh.
+    s.register_worker(&info("w2"), 300).await.unwrap();
+    let w2 = s
+        .workers(250)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.info.id == "w2")
+        .unwrap();
+    assert_eq!((w2.stopped_at, w2.started_at), (None, 300));
+}
+
 conformance!(
     runs_round_trip,
     queue_claim_complete,
@@ -685,7 +788,9 @@ conformance!(
     schedule_marks_move_by_compare_and_set,
     pages_filters_sla_marks_and_stats,
     one_leader_at_a_time,
-    watermarks_move_with_the_run_that_reached_them
+    watermarks_move_with_the_run_that_reached_them,
+    workers_claim_from_their_queues,
+    workers_register_and_are_listed
 );
 
 /// A store made by the first release (schema 1) is upgraded in place, its runs kept.

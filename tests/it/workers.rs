@@ -1,0 +1,342 @@
+//! `cauce worker` as real processes on a PostgreSQL store (a schema of each test's own):
+//! attempts go to the workers of their queue, `cauce workers` lists them, a drained worker
+//! finishes what it runs, a `kill -9`ed worker's attempt is re-run elsewhere after its
+//! lease, a frozen worker's late result is rejected, and a soak with workers killed at
+//! random ends with exactly one success per task.
+
+use crate::common::{alive, latest_run, signal, Project};
+use serde_json::Value;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A project whose runs are executed by workers, on a fresh PostgreSQL schema.
+fn project() -> Project {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::store::postgres_url());
+    let p = Project::new();
+    p.write(
+        "cauce.yaml",
+        &format!("store: \"{url}\"\nexecutor: workers\nlease: 2s\nkill_grace: 1s\n"),
+    );
+    p
+}
+
+/// A worker process whose log goes to a file (`worker-N.log` in the project).
+struct Worker {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Worker {
+    fn start(p: &Project, name: &str, args: &[&str]) -> Worker {
+        let log = p.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let mut all = vec!["worker"];
+        all.extend(args);
+        let child = p
+            .cmd(&all)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for it to exit; its exit code.
+    fn wait(mut self, limit: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                start.elapsed() < limit,
+                "worker did not exit: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The pid in an attempt owner id (`host:pid:nonce`).
+fn owner_pid(attempt: &Value) -> u32 {
+    attempt["owner"]
+        .as_str()
+        .and_then(|o| o.split(':').nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+fn attempts_of<'a>(status: &'a Value, task: &str) -> Vec<&'a Value> {
+    status["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["task_id"] == task)
+        .collect()
+}
+
+fn workers_json(p: &Project) -> Vec<Value> {
+    let r = p.run(&["workers", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    serde_json::from_str::<Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn attempts_go_to_the_workers_of_their_queue_and_workers_are_listed() {
+    let p = project();
+    p.pipeline(
+        "q",
+        r#"
+tasks:
+  a: "echo a"
+  b: "echo b"
+  g:
+    run: "echo on the gpu queue"
+    queue: gpu
+  c:
+    depends_on: [a, b, g]
+    run: "echo c"
+"#,
+    );
+    let cpu = Worker::start(&p, "cpu", &["--slots", "2", "--label", "zone=eu"]);
+    let gpu = Worker::start(&p, "gpu", &["--queues", "gpu", "--slots", "1"]);
+    wait_until(Duration::from_secs(10), "two workers", || {
+        workers_json(&p).len() == 2
+    });
+    let r = p.run(&["run", "q"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let status = p.status(&latest_run(&p));
+    for t in ["a", "b", "c"] {
+        let a = attempts_of(&status, t);
+        assert_eq!(a.len(), 1, "{status}");
+        assert_eq!(
+            owner_pid(a[0]),
+            cpu.pid(),
+            "{t} ran on the default queue's worker"
+        );
+    }
+    assert_eq!(owner_pid(attempts_of(&status, "g")[0]), gpu.pid());
+    let log = std::fs::read_to_string(attempts_of(&status, "g")[0]["log_path"].as_str().unwrap())
+        .unwrap();
+    assert!(log.contains("on the gpu queue"), "{log}");
+    let listed = workers_json(&p);
+    let w = listed.iter().find(|w| w["pid"] == cpu.pid()).unwrap();
+    assert_eq!(w["queues"], serde_json::json!(["default"]));
+    assert_eq!(w["labels"], serde_json::json!(["zone=eu"]));
+    assert_eq!(
+        (&w["slots"], &w["running"]),
+        (&Value::from(2), &Value::from(0))
+    );
+    let table = p.run(&["workers"]).stdout;
+    assert!(table.contains("gpu") && table.contains(" up "), "{table}");
+    // SIGTERM: both drain (nothing running) and exit 0, recorded as stopped.
+    signal(cpu.pid(), "TERM");
+    signal(gpu.pid(), "TERM");
+    assert_eq!(cpu.wait(Duration::from_secs(10)), 0);
+    assert_eq!(gpu.wait(Duration::from_secs(10)), 0);
+    assert!(workers_json(&p).iter().all(|w| !w["stopped_at"].is_null()));
+}
+
+#[test]
+fn a_draining_worker_finishes_its_attempt_and_claims_no_more() {
+    let p = project();
+    p.pipeline(
+        "d",
+        "tasks:\n  first: \"sleep 2 && echo first done\"\n  second:\n    depends_on: [first]\n    run: \"echo second\"\n",
+    );
+    let w1 = Worker::start(&p, "w1", &["--slots", "1"]);
+    let run = p.spawn(&["run", "d"]);
+    wait_until(Duration::from_secs(15), "first to start", || {
+        latest_run_opt(&p).is_some_and(|id| {
+            attempts_of(&p.status(&id), "first")
+                .first()
+                .is_some_and(|a| a["state"] == "running")
+        })
+    });
+    signal(w1.pid(), "TERM");
+    let w1_pid = w1.pid();
+    assert_eq!(w1.wait(Duration::from_secs(15)), 0);
+    let id = latest_run(&p);
+    let s = p.status(&id);
+    let first = attempts_of(&s, "first");
+    assert_eq!(
+        (first.len(), &first[0]["state"]),
+        (1, &Value::from("success")),
+        "{s}"
+    );
+    assert_eq!(owner_pid(first[0]), w1_pid);
+    assert_eq!(s["run"]["state"], "running", "second waits for a worker");
+    let w2 = Worker::start(&p, "w2", &["--slots", "1"]);
+    let r = crate::common::wait_with_limit(run, Duration::from_secs(20));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&id);
+    assert_eq!(owner_pid(attempts_of(&s, "second")[0]), w2.pid());
+}
+
+fn latest_run_opt(p: &Project) -> Option<String> {
+    let r = p.run(&["runs", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).ok()?;
+    v.as_array()?.first()?["id"].as_str().map(String::from)
+}
+
+#[test]
+fn a_killed_worker_s_attempt_runs_again_on_another_worker() {
+    let p = project();
+    p.pipeline(
+        "k",
+        "tasks:\n  long:\n    run: \"sleep 3 && echo finished\"\n    retries: 1\n    retry_delay: 0s\n",
+    );
+    let a = Worker::start(&p, "a", &["--slots", "1"]);
+    let run = p.spawn(&["run", "k"]);
+    wait_until(Duration::from_secs(15), "long to start on A", || {
+        latest_run_opt(&p).is_some_and(|id| {
+            attempts_of(&p.status(&id), "long")
+                .first()
+                .is_some_and(|x| x["state"] == "running")
+        })
+    });
+    signal(a.pid(), "KILL");
+    let b = Worker::start(&p, "b", &["--slots", "1"]);
+    let r = crate::common::wait_with_limit(run, Duration::from_secs(30));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&latest_run(&p));
+    let tries = attempts_of(&s, "long");
+    let states: Vec<&str> = tries.iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["lost", "success"], "{s}");
+    assert_eq!(owner_pid(tries[1]), b.pid());
+    assert_eq!(tries.iter().filter(|t| t["state"] == "success").count(), 1);
+}
+
+#[test]
+fn a_frozen_worker_s_late_result_is_rejected() {
+    let p = project();
+    p.pipeline(
+        "f",
+        "tasks:\n  slow:\n    run: \"sleep 2 && echo slow done\"\n    retries: 2\n    retry_delay: 0s\n",
+    );
+    let a = Worker::start(&p, "a", &["--slots", "1"]);
+    let run = p.spawn(&["run", "f"]);
+    wait_until(Duration::from_secs(15), "slow to start on A", || {
+        latest_run_opt(&p).is_some_and(|id| {
+            attempts_of(&p.status(&id), "slow")
+                .first()
+                .is_some_and(|x| x["state"] == "running")
+        })
+    });
+    // A stops heartbeating (its task's process runs on and ends while A is frozen).
+    signal(a.pid(), "STOP");
+    let b = Worker::start(&p, "b", &["--slots", "1"]);
+    let r = crate::common::wait_with_limit(run, Duration::from_secs(30));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    signal(a.pid(), "CONT");
+    wait_until(
+        Duration::from_secs(10),
+        "A to try to record its result",
+        || a.log().contains("result rejected"),
+    );
+    let s = p.status(&latest_run(&p));
+    let tries = attempts_of(&s, "slow");
+    let states: Vec<&str> = tries.iter().map(|t| t["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["lost", "success"], "{s}");
+    assert_eq!(owner_pid(tries[1]), b.pid());
+    assert_eq!(s["tasks"][0]["state"], "success");
+    drop(b);
+}
+
+#[test]
+fn a_soak_with_workers_killed_at_random_ends_with_one_success_per_task() {
+    let p = project();
+    let n = 1000;
+    let mut yaml = String::from("defaults: {retries: 5, retry_delay: 0s}\ntasks:\n");
+    for i in 0..n {
+        yaml.push_str(&format!("  t{i}: \"true\"\n"));
+    }
+    p.pipeline("soak", &yaml);
+    let mut workers: Vec<Worker> = (0..4)
+        .map(|i| Worker::start(&p, &format!("w{i}"), &["--slots", "4"]))
+        .collect();
+    let mut run = p.spawn(&["run", "soak", "-q"]);
+    let start = Instant::now();
+    let mut kills = 0;
+    let mut seed: u64 = 0x5eed;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    loop {
+        if run.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "the soak did not end"
+        );
+        std::thread::sleep(Duration::from_millis(700 + next() % 600));
+        if kills < 6 {
+            let i = (next() % workers.len() as u64) as usize;
+            signal(workers[i].pid(), "KILL");
+            kills += 1;
+            workers[i] = Worker::start(&p, &format!("w{i}-{kills}"), &["--slots", "4"]);
+        }
+    }
+    let code = run.wait().unwrap().code();
+    assert_eq!(code, Some(0));
+    let s = p.status(&latest_run(&p));
+    assert_eq!(s["run"]["state"], "success");
+    let tasks = s["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), n);
+    assert!(tasks.iter().all(|t| t["state"] == "success"));
+    let mut successes = std::collections::HashMap::new();
+    for a in s["attempts"].as_array().unwrap() {
+        if a["state"] == "success" {
+            *successes
+                .entry(a["task_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        assert_ne!(a["state"], "running", "{a}");
+    }
+    assert_eq!(successes.len(), n);
+    assert!(
+        successes.values().all(|c| *c == 1),
+        "a task succeeded twice"
+    );
+    let report = p.run(&["report", &latest_run(&p)]);
+    let report: Value = serde_json::from_str(&report.stdout).unwrap();
+    assert_eq!(report["status"], "success");
+    assert_eq!(report["results"].as_object().unwrap().len(), n);
+    for w in workers.drain(..) {
+        assert!(alive(w.pid() as i32));
+    }
+}
