@@ -409,8 +409,20 @@ impl Engine {
                 // runs again, so what reads it downstream finds it.
                 let info = self.load_run(run_id).await?;
                 let data_dir = self.services.project.data_dir().join(run_id);
+                // On workers, attempts queued or running outlive the coordinator that died:
+                // their tasks are left as they are for the new coordinator to follow (a
+                // lost one is re-queued when its lease runs out), never started twice.
+                let remote =
+                    self.services.project.settings.executor == crate::project::Executor::Workers;
                 tasks
                     .into_iter()
+                    .filter(|t| {
+                        !(remote
+                            && matches!(
+                                t.state,
+                                TaskState::Queued | TaskState::Running | TaskState::Retrying
+                            ))
+                    })
                     .filter(|t| {
                         t.state != TaskState::Success
                             || info.pipeline.tasks.get(&t.task_id).is_some_and(|task| {

@@ -340,3 +340,41 @@ fn a_soak_with_workers_killed_at_random_ends_with_one_success_per_task() {
         assert!(alive(w.pid() as i32));
     }
 }
+
+#[test]
+fn a_server_run_executes_on_a_worker_and_the_api_lists_the_worker() {
+    use crate::common::server::{server_settings, Server, VIEWER};
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::store::postgres_url());
+    let p = Project::new();
+    p.write(
+        "cauce.yaml",
+        &server_settings(&format!(
+            "store: \"{url}\"\nexecutor: workers\nshared_dir: shared\n"
+        )),
+    );
+    p.pipeline("hello", "tasks:\n  speak: \"echo hello from a worker\"\n");
+    let w = Worker::start(&p, "w", &["--slots", "1", "--label", "zone=eu"]);
+    let s = Server::start(&p);
+    let id = s.trigger("hello", serde_json::json!({}));
+    let detail = s.wait_run(&id, Duration::from_secs(20));
+    assert_eq!(detail["run"]["state"], "success", "{detail}");
+    assert_eq!(owner_pid(&detail["attempts"][0]), w.pid());
+    // The worker wrote the log into the shared folder, where the server reads it.
+    let (code, log) = s.get(&format!("/api/v1/runs/{id}/tasks/speak/logs"), Some(VIEWER));
+    assert_eq!(code, 200, "{log}");
+    assert!(log.to_string().contains("hello from a worker"), "{log}");
+    assert!(p.path().join("shared/logs").join(&id).is_dir());
+    let (code, v) = s.get("/api/v1/workers", Some(VIEWER));
+    assert_eq!(code, 200, "{v}");
+    let me = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["pid"] == w.pid())
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(me["state"], "up");
+    assert_eq!(me["labels"], serde_json::json!(["zone=eu"]));
+    assert!(me["heartbeat_age_ms"].as_i64().unwrap() < 3000);
+}

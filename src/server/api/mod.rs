@@ -12,6 +12,7 @@ mod logs;
 mod overview;
 mod pipelines;
 mod runs;
+mod workers;
 
 use super::config::Role;
 use super::metrics::ServerMetrics;
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/reports/{id}", get(runs::report))
         .route("/api/v1/runs/{id}/tasks/{task}/logs", get(logs::read))
         .route("/api/v1/hooks/{name}", post(runs::webhook))
+        .route("/api/v1/workers", get(workers::list))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -122,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         runs::reports,
         runs::webhook,
         logs::read,
+        workers::list,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth)
