@@ -7,7 +7,6 @@ use crate::engine::Engine;
 use crate::spec::duration::parse_duration;
 use crate::store::{format_ms, now_ms};
 use clap::Args;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// `cauce worker`.
@@ -103,16 +102,7 @@ pub async fn workers(cx: Context, args: WorkersArgs) -> anyhow::Result<i32> {
         "last heartbeat"
     );
     for w in list {
-        let age = Duration::from_millis((now - w.heartbeat_at).max(0) as u64);
-        let state = if w.stopped_at.is_some() {
-            "stopped"
-        } else if age > lease {
-            "lost"
-        } else if w.draining {
-            "draining"
-        } else {
-            "up"
-        };
+        let state = w.state(lease, now);
         outln!(
             "{:<34} {:<10} {:>5} {:>7} {:<18} {:<24} {}",
             w.info.id,

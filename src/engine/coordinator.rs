@@ -139,67 +139,23 @@ impl Coordinator {
         })
     }
 
-    /// Runs until every selected task is final; records and returns the run's state.
+    /// Runs until every selected task is final; records and returns the run's state. A
+    /// store that cannot be reached (a database restart) is waited for: the view is then
+    /// read again from the store, the one truth, and the run goes on.
     pub(super) async fn run(mut self) -> Result<RunState, EngineError> {
         let svc = Arc::clone(&self.engine.services);
         let lease = svc.project.settings.lease;
         let mut next_heartbeat = tokio::time::Instant::now() + lease / 3;
         let mut next_cancel_poll = tokio::time::Instant::now() + CANCEL_POLL;
         loop {
-            // A cancellation that fired while an attempt's end was being handled (the
-            // select below takes one ready branch) is seen here, before anything new starts
-            // and before the run can be found finished.
-            if self.cancel.is_cancelled() {
-                self.cancelled = true;
-            }
-            if !self.cancelled {
-                self.evaluate().await?;
-                self.fill_slots().await?;
-            }
-            if self.inflight.is_empty() && self.finish_if_done().await? {
-                break;
-            }
-            // Wait for an attempt to end, a retry to come due, or a cancellation.
-            let wake = match self.retry_at.values().min() {
-                _ if self.remote => REMOTE_POLL,
-                Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 500) as u64),
-                None => Duration::from_millis(500),
-            };
-            tokio::select! {
-                Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
-                    let outcome = joined.map_err(|e| {
-                        EngineError::Refused(format!("a task attempt panicked: {e}; this is a bug, please report it"))
-                    })?;
-                    self.on_outcome(outcome).await?;
+            match self.step(&mut next_heartbeat, &mut next_cancel_poll).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(EngineError::Store(e)) if e.is_transient() => {
+                    tracing::warn!(run = %self.run.id, "the store is unreachable ({e}); waiting for it");
+                    self.resync().await?;
                 }
-                _ = self.cancel.cancelled(), if !self.cancelled => self.cancelled = true,
-                _ = tokio::time::sleep(wake) => {}
-            }
-            if self.remote {
-                if self.cancelled && !self.cancel_sent {
-                    // The workers running this run's attempts see the flag and stop them.
-                    self.cancel_sent = true;
-                    svc.store.request_cancel(&self.run.id).await?;
-                }
-                self.poll_remote().await?;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= next_heartbeat {
-                next_heartbeat = now + lease / 3;
-                svc.store
-                    .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
-                    .await?;
-                if self.remote {
-                    self.requeue_lost().await?;
-                }
-            }
-            if now >= next_cancel_poll && !self.cancelled {
-                // `cauce cancel` from another process sets a flag in the store.
-                next_cancel_poll = now + CANCEL_POLL;
-                if svc.store.cancel_requested(&self.run.id).await? {
-                    self.cancel.cancel();
-                    self.cancelled = true;
-                }
+                Err(e) => return Err(e),
             }
         }
         let state = self.final_state();
@@ -226,14 +182,147 @@ impl Coordinator {
         } else {
             Vec::new()
         };
-        svc.store
-            .finish_run(&self.run.id, state, error.as_deref(), &watermarks, now_ms())
-            .await?;
+        crate::store::retrying(
+            "recording the run's end",
+            svc.project.settings.lease,
+            || {
+                svc.store
+                    .finish_run(&self.run.id, state, error.as_deref(), &watermarks, now_ms())
+            },
+        )
+        .await?;
         tracing::info!(run = %self.run.id, pipeline = %self.run.pipeline.name, state = %state, "run finished");
         if let Err(e) = report::write_report(&svc, &self.run.id).await {
             tracing::warn!("could not write the report of run {}: {e}", self.run.id);
         }
         Ok(state)
+    }
+
+    /// One turn of the loop: start what is ready, wait for something to happen, heartbeat.
+    /// Returns true when the run is done.
+    async fn step(
+        &mut self,
+        next_heartbeat: &mut tokio::time::Instant,
+        next_cancel_poll: &mut tokio::time::Instant,
+    ) -> Result<bool, EngineError> {
+        let svc = Arc::clone(&self.engine.services);
+        let lease = svc.project.settings.lease;
+        // A cancellation that fired while an attempt's end was being handled (the
+        // select below takes one ready branch) is seen here, before anything new starts
+        // and before the run can be found finished.
+        if self.cancel.is_cancelled() {
+            self.cancelled = true;
+        }
+        if !self.cancelled {
+            self.evaluate().await?;
+            self.fill_slots().await?;
+        }
+        if self.inflight.is_empty() && self.finish_if_done().await? {
+            return Ok(true);
+        }
+        // Wait for an attempt to end, a retry to come due, or a cancellation.
+        let wake = match self.retry_at.values().min() {
+            _ if self.remote => REMOTE_POLL,
+            Some(t) => Duration::from_millis((t - now_ms()).clamp(0, 500) as u64),
+            None => Duration::from_millis(500),
+        };
+        tokio::select! {
+            Some(joined) = self.inflight.join_next(), if !self.inflight.is_empty() => {
+                let outcome = joined.map_err(|e| {
+                    EngineError::Refused(format!("a task attempt panicked: {e}; this is a bug, please report it"))
+                })?;
+                self.on_outcome(outcome).await?;
+            }
+            _ = self.cancel.cancelled(), if !self.cancelled => self.cancelled = true,
+            _ = tokio::time::sleep(wake) => {}
+        }
+        if self.remote {
+            if self.cancelled && !self.cancel_sent {
+                // The workers running this run's attempts see the flag and stop them.
+                self.cancel_sent = true;
+                svc.store.request_cancel(&self.run.id).await?;
+            }
+            self.poll_remote().await?;
+        }
+        let now = tokio::time::Instant::now();
+        if now >= *next_heartbeat {
+            *next_heartbeat = now + lease / 3;
+            svc.store
+                .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
+                .await?;
+            if self.remote {
+                self.requeue_lost().await?;
+            }
+        }
+        if now >= *next_cancel_poll && !self.cancelled {
+            // `cauce cancel` from another process sets a flag in the store.
+            *next_cancel_poll = now + CANCEL_POLL;
+            if svc.store.cancel_requested(&self.run.id).await? {
+                self.cancel.cancel();
+                self.cancelled = true;
+            }
+        }
+        Ok(false)
+    }
+
+    /// After a store outage: waits until the store answers, then reads the task states,
+    /// the queued attempts and their times again, and marks every pending task for
+    /// evaluation. Attempts running here go on; their results are recorded with retries.
+    async fn resync(&mut self) -> Result<(), EngineError> {
+        let store = Arc::clone(&self.engine.services.store);
+        let mut delay = Duration::from_millis(200);
+        let (tasks, attempts) = loop {
+            let tasks = store.task_runs(&self.run.id).await;
+            let attempts = store.attempts(&self.run.id).await;
+            match (tasks, attempts) {
+                (Ok(t), Ok(a)) => break (t, a),
+                (Err(e), _) | (_, Err(e)) if e.is_transient() => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.cancel.cancelled() => self.cancelled = true,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                (Err(e), _) | (_, Err(e)) => return Err(e.into()),
+            }
+        };
+        tracing::info!(run = %self.run.id, "the store answers again");
+        let now = now_ms();
+        self.claimable = 0;
+        self.retry_at.clear();
+        for a in attempts
+            .iter()
+            .filter(|a| a.state == crate::state::AttemptState::Queued)
+        {
+            if a.available_at > now {
+                self.retry_at.insert(a.task_id.clone(), a.available_at);
+            } else {
+                self.claimable += 1;
+            }
+        }
+        for t in tasks {
+            if !self.selected.contains(&t.task_id) {
+                continue;
+            }
+            self.states.insert(t.task_id.clone(), t.state);
+        }
+        self.dirty = self
+            .order
+            .iter()
+            .filter(|t| self.states[*t] == TaskState::Pending)
+            .cloned()
+            .collect();
+        if self.stopping.is_none() {
+            if let Some(failed) = self
+                .order
+                .iter()
+                .find(|t| self.states[*t] == TaskState::Failed && self.critical[*t])
+                .cloned()
+            {
+                self.stop_after_critical_failure(&failed).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Records final states, then updates the view, wakes dependents and tells the UI.
@@ -578,16 +667,19 @@ impl Coordinator {
             lease: svc.project.settings.lease,
             limit: want,
         };
-        let (accepted, claimed) = svc
-            .store
-            .complete_and_claim(
-                outcome.attempt.id,
-                &svc.owner,
-                &result,
-                next,
-                claim,
-                now_ms(),
-            )
+        // The result must not be lost to a database restart: retried while the store is
+        // unreachable (for up to a lease; then it is rejected or the attempt re-run).
+        let (accepted, claimed) =
+            crate::store::retrying("recording a result", svc.project.settings.lease, || {
+                svc.store.complete_and_claim(
+                    outcome.attempt.id,
+                    &svc.owner,
+                    &result,
+                    next,
+                    claim,
+                    now_ms(),
+                )
+            })
             .await?;
         self.start_claimed(want, claimed);
         if !accepted {

@@ -608,24 +608,7 @@ impl Engine {
         let alert_run = Arc::clone(&run);
         let events: EventSink = Arc::new(move |e: Event| {
             task_alert(&alerts, &alert_run, &e);
-            match &e {
-                Event::Started { task, attempt } => {
-                    tracing::info!(run = %run_id, task = %task, attempt, "task started")
-                }
-                Event::Retrying {
-                    task,
-                    attempt,
-                    delay,
-                    error,
-                } => {
-                    tracing::info!(run = %run_id, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
-                }
-                Event::Finished {
-                    task, state, error, ..
-                } => {
-                    tracing::info!(run = %run_id, task = %task, state = %state, error = error.as_deref().unwrap_or(""), "task finished")
-                }
-            }
+            log_event(&run_id, &e);
             events(e);
         });
         let runner: Arc<dyn PipelineRunner> = Arc::new(ChildRunner {
@@ -699,6 +682,28 @@ fn task_alert(alerts: &Alerter, run: &RunInfo, e: &Event) {
             )
         },
     );
+}
+
+/// An event as a structured log line (`CAUCE_LOG=info`, `--log-format json`).
+pub(crate) fn log_event(run_id: &str, e: &Event) {
+    match e {
+        Event::Started { task, attempt } => {
+            tracing::info!(run = %run_id, task = %task, attempt, "task started")
+        }
+        Event::Retrying {
+            task,
+            attempt,
+            delay,
+            error,
+        } => {
+            tracing::info!(run = %run_id, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
+        }
+        Event::Finished {
+            task, state, error, ..
+        } => {
+            tracing::info!(run = %run_id, task = %task, state = %state, error = error.as_deref().unwrap_or(""), "task finished")
+        }
+    }
 }
 
 /// Runs `pipeline` tasks: a child run in the same store, executed in this process.

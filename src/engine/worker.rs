@@ -214,7 +214,13 @@ async fn start(
         .await;
         return;
     };
-    tracing::info!(run = %a.run_id, task = %a.task_id, attempt = a.number, "task started");
+    super::log_event(
+        &a.run_id,
+        &Event::Started {
+            task: a.task_id.clone(),
+            attempt: a.number,
+        },
+    );
     let cancel = CancellationToken::new();
     running.insert(
         a.id,
@@ -292,46 +298,22 @@ async fn finish(
         lease: svc.project.settings.lease,
         limit: free,
     };
-    let mut delay = Duration::from_millis(200);
-    for _ in 0..40 {
-        match store
-            .complete_and_claim(o.attempt.id, &svc.owner, &result, next, claim, now_ms())
-            .await
-        {
-            Ok((true, claimed)) => {
-                log_event(&run.id, &event);
-                return claimed;
-            }
-            Ok((false, _)) => {
-                tracing::warn!(run = %run.id, task = %task.id, attempt = o.attempt.number, "result rejected: this worker no longer holds the attempt's lease (it was re-queued)");
-                return Vec::new();
-            }
-            Err(e) => {
-                tracing::warn!(run = %run.id, task = %task.id, "recording the result: {e}; trying again");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(3));
-            }
+    let recorded = crate::store::retrying("recording a result", Duration::from_secs(60), || {
+        store.complete_and_claim(o.attempt.id, &svc.owner, &result, next, claim, now_ms())
+    })
+    .await;
+    match recorded {
+        Ok((true, claimed)) => {
+            super::log_event(&run.id, &event);
+            claimed
         }
-    }
-    tracing::error!(run = %run.id, task = %task.id, "could not record the result; the attempt will be re-queued when its lease expires");
-    Vec::new()
-}
-
-fn log_event(run_id: &str, e: &Event) {
-    match e {
-        Event::Finished {
-            task, state, error, ..
-        } => {
-            tracing::info!(run = %run_id, task = %task, state = %state, error = error.as_deref().unwrap_or(""), "task finished")
+        Ok((false, _)) => {
+            tracing::warn!(run = %run.id, task = %task.id, attempt = o.attempt.number, "result rejected: this worker no longer holds the attempt's lease (it was re-queued)");
+            Vec::new()
         }
-        Event::Retrying {
-            task,
-            attempt,
-            delay,
-            error,
-        } => {
-            tracing::info!(run = %run_id, task = %task, attempt, delay_ms = delay.as_millis() as u64, error = %error, "task attempt failed; retrying")
+        Err(e) => {
+            tracing::error!(run = %run.id, task = %task.id, "could not record the result ({e}); the attempt will be re-queued when its lease expires");
+            Vec::new()
         }
-        Event::Started { .. } => {}
     }
 }

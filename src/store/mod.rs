@@ -31,6 +31,51 @@ pub enum StoreError {
     NoSuchRun(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached or dropped the connection (a restart, a
+    /// network cut), so the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_) => true,
+            // PostgreSQL: connection exceptions (08), shutting down or starting (57P0x),
+            // too many connections (53300).
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c == "53300"),
+            _ => false,
+        }
+    }
+}
+
+/// Runs a store call until it succeeds, retrying transient failures with a growing pause
+/// (200 ms up to 2 s) for at most `limit`; other errors are returned at once.
+pub async fn retrying<T, F, Fut>(what: &str, limit: Duration, mut call: F) -> StoreResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<T>>,
+{
+    let start = std::time::Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && start.elapsed() < limit => {
+                tracing::warn!("{what}: {e}; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Store result.
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -387,6 +432,21 @@ pub struct WorkerRecord {
     pub draining: bool,
     /// Attempts it holds now.
     pub running: i64,
+}
+
+impl WorkerRecord {
+    /// `stopped`, `lost` (no heartbeat for longer than `lease`), `draining` or `up`.
+    pub fn state(&self, lease: Duration, now: Millis) -> &'static str {
+        if self.stopped_at.is_some() {
+            "stopped"
+        } else if now - self.heartbeat_at > lease.as_millis() as i64 {
+            "lost"
+        } else if self.draining {
+            "draining"
+        } else {
+            "up"
+        }
+    }
 }
 
 /// The operations the engine, the CLI, the server and workers need.

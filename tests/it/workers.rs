@@ -176,13 +176,7 @@ fn a_draining_worker_finishes_its_attempt_and_claims_no_more() {
     );
     let w1 = Worker::start(&p, "w1", &["--slots", "1"]);
     let run = p.spawn(&["run", "d"]);
-    wait_until(Duration::from_secs(15), "first to start", || {
-        latest_run_opt(&p).is_some_and(|id| {
-            attempts_of(&p.status(&id), "first")
-                .first()
-                .is_some_and(|a| a["state"] == "running")
-        })
-    });
+    wait_running(&p, "first");
     signal(w1.pid(), "TERM");
     let w1_pid = w1.pid();
     assert_eq!(w1.wait(Duration::from_secs(15)), 0);
@@ -203,6 +197,17 @@ fn a_draining_worker_finishes_its_attempt_and_claims_no_more() {
     assert_eq!(owner_pid(attempts_of(&s, "second")[0]), w2.pid());
 }
 
+/// Waits until the first attempt of `task` in the newest run is running.
+fn wait_running(p: &Project, task: &str) {
+    wait_until(Duration::from_secs(15), &format!("{task} to start"), || {
+        latest_run_opt(p).is_some_and(|id| {
+            attempts_of(&p.status(&id), task)
+                .first()
+                .is_some_and(|a| a["state"] == "running")
+        })
+    });
+}
+
 fn latest_run_opt(p: &Project) -> Option<String> {
     let r = p.run(&["runs", "--json"]);
     let v: Value = serde_json::from_str(&r.stdout).ok()?;
@@ -218,13 +223,7 @@ fn a_killed_worker_s_attempt_runs_again_on_another_worker() {
     );
     let a = Worker::start(&p, "a", &["--slots", "1"]);
     let run = p.spawn(&["run", "k"]);
-    wait_until(Duration::from_secs(15), "long to start on A", || {
-        latest_run_opt(&p).is_some_and(|id| {
-            attempts_of(&p.status(&id), "long")
-                .first()
-                .is_some_and(|x| x["state"] == "running")
-        })
-    });
+    wait_running(&p, "long");
     signal(a.pid(), "KILL");
     let b = Worker::start(&p, "b", &["--slots", "1"]);
     let r = crate::common::wait_with_limit(run, Duration::from_secs(30));
@@ -246,13 +245,7 @@ fn a_frozen_worker_s_late_result_is_rejected() {
     );
     let a = Worker::start(&p, "a", &["--slots", "1"]);
     let run = p.spawn(&["run", "f"]);
-    wait_until(Duration::from_secs(15), "slow to start on A", || {
-        latest_run_opt(&p).is_some_and(|id| {
-            attempts_of(&p.status(&id), "slow")
-                .first()
-                .is_some_and(|x| x["state"] == "running")
-        })
-    });
+    wait_running(&p, "slow");
     // A stops heartbeating (its task's process runs on and ends while A is frozen).
     signal(a.pid(), "STOP");
     let b = Worker::start(&p, "b", &["--slots", "1"]);
@@ -377,4 +370,174 @@ fn a_server_run_executes_on_a_worker_and_the_api_lists_the_worker() {
     assert_eq!(me["state"], "up");
     assert_eq!(me["labels"], serde_json::json!(["zone=eu"]));
     assert!(me["heartbeat_age_ms"].as_i64().unwrap() < 3000);
+}
+
+/// A PostgreSQL server of the test's own (initdb in a temporary folder, a free port), so
+/// it can be restarted without disturbing the tests that share the machine's server.
+struct PrivatePg {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: std::path::PathBuf,
+}
+
+impl PrivatePg {
+    fn command(&self, program: &str) -> std::process::Command {
+        pg_command(&self.bin, program)
+    }
+
+    fn start() -> PrivatePg {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL's server binaries in /usr/lib/postgresql")
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").is_file())
+            .expect("initdb");
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePg { dir, port, bin };
+        let data = pg.dir.path().join("data");
+        let out = pg
+            .command("initdb")
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let opts = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            pg.dir.path().display()
+        );
+        let out = pg
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(pg.dir.path().join("log"))
+            .args(["-w", "start"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn restart(&self) {
+        let out = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "fast", "-l"])
+            .arg(self.dir.path().join("log"))
+            .args(["-w", "restart"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// PostgreSQL's programs refuse to run as root: as root they run as the `postgres` user.
+fn pg_command(bin: &std::path::Path, program: &str) -> std::process::Command {
+    let path = bin.join(program);
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        std::process::Command::new(path)
+    }
+}
+
+#[test]
+fn workers_and_the_coordinator_ride_through_a_postgresql_restart() {
+    let pg = PrivatePg::start();
+    let p = Project::new();
+    p.write(
+        "cauce.yaml",
+        &format!(
+            "store: \"{}\"\nexecutor: workers\nlease: 10s\nkill_grace: 1s\n",
+            pg.url()
+        ),
+    );
+    let n = 150;
+    let mut yaml = String::from("tasks:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  a{i}: \"sleep 0.2\"\n  b{i}:\n    depends_on: [a{i}]\n    run: \"true\"\n"
+        ));
+    }
+    p.pipeline("many", &yaml);
+    let workers: Vec<Worker> = (0..2)
+        .map(|i| Worker::start(&p, &format!("w{i}"), &["--slots", "4"]))
+        .collect();
+    let run = p.spawn(&["run", "many", "-q"]);
+    wait_until(Duration::from_secs(30), "some tasks to succeed", || {
+        latest_run_opt(&p).is_some_and(|id| {
+            let s = p.status(&id);
+            s["tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().filter(|t| t["state"] == "success").count() > 20)
+        })
+    });
+    pg.restart();
+    let mut run = run;
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the run ended before the database came back; the restart was not in its middle"
+    );
+    let r = crate::common::wait_with_limit(run, Duration::from_secs(120));
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&latest_run(&p));
+    assert_eq!(s["run"]["state"], "success", "{s}");
+    let tasks = s["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2 * n);
+    let mut successes = std::collections::HashMap::new();
+    for a in s["attempts"].as_array().unwrap() {
+        if a["state"] == "success" {
+            *successes
+                .entry(a["task_id"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    assert_eq!(successes.len(), 2 * n, "a task was lost");
+    assert!(
+        successes.values().all(|c| *c == 1),
+        "a task succeeded twice"
+    );
+    drop(workers);
 }

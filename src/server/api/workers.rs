@@ -30,28 +30,16 @@ pub struct WorkerStatus {
 pub async fn list(State(state): State<AppState>, _: Viewer) -> Result<Response, ApiError> {
     let svc = state.services();
     let now = now_ms();
-    let lease = svc.project.settings.lease.as_millis() as i64;
+    let lease = svc.project.settings.lease;
     let out: Vec<WorkerStatus> = svc
         .store
         .workers(now - RECENT_MS)
         .await?
         .into_iter()
-        .map(|w| {
-            let age = (now - w.heartbeat_at).max(0);
-            let state = if w.stopped_at.is_some() {
-                "stopped"
-            } else if age > lease {
-                "lost"
-            } else if w.draining {
-                "draining"
-            } else {
-                "up"
-            };
-            WorkerStatus {
-                state: state.into(),
-                heartbeat_age_ms: age,
-                worker: w,
-            }
+        .map(|w| WorkerStatus {
+            state: w.state(lease, now).into(),
+            heartbeat_age_ms: (now - w.heartbeat_at).max(0),
+            worker: w,
         })
         .collect();
     Ok(json(&state, StatusCode::OK, &out))
