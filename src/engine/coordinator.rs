@@ -684,13 +684,7 @@ impl Coordinator {
         self.start_claimed(want, claimed);
         if !accepted {
             tracing::warn!(task = %id, attempt = outcome.attempt.number, "result rejected: this process no longer holds the attempt's lease");
-            if let Some(t) = svc
-                .store
-                .task_runs(&self.run.id)
-                .await?
-                .into_iter()
-                .find(|t| t.task_id == id)
-            {
+            if let Some(t) = svc.store.task_run(&self.run.id, &id).await? {
                 self.states.insert(id, t.state);
             }
             // Let the next claim ask the store what is really queued.

@@ -278,11 +278,12 @@ async fn finish(
     };
     let (budget_base, giving_up) = match &o.result {
         Err(e) if !matches!(e, TaskError::Cancelled) => {
+            // One row, not the run's whole task list, per failed attempt.
             let base = store
-                .task_runs(&run.id)
+                .task_run(&run.id, &task.id)
                 .await
                 .ok()
-                .and_then(|ts| ts.into_iter().find(|t| t.task_id == task.id))
+                .flatten()
                 .map(|t| t.budget_base)
                 .unwrap_or(0);
             let cancelled = store.cancel_requested(&run.id).await.unwrap_or(false);

@@ -842,6 +842,18 @@ fn parse_tasks(
         let timeout = duration_field(file, &f("timeout"), &raw.timeout, errors);
         let trigger = trigger_field(file, &f("trigger"), &raw.trigger, errors);
         let backoff = backoff_field(file, &f("backoff"), &raw.backoff, errors);
+        let queue = raw
+            .queue
+            .clone()
+            .or_else(|| defaults.queue.clone())
+            .unwrap_or_else(|| DEFAULT_QUEUE.to_string());
+        if queue.trim().is_empty() || queue.contains(',') {
+            errors.push(SpecError::new(
+                location.clone(),
+                Some(f("queue")),
+                format!("queue `{queue}` is not a name (no worker could subscribe to it)"),
+            ));
+        }
         let Some(action) = action else { continue };
         let base = RetryPolicy::default();
         let mut env = defaults.env.clone();
@@ -869,10 +881,7 @@ fn parse_tasks(
             category: raw.category,
             env,
             alerts: raw.alerts.map(|a| a.build(file)),
-            queue: raw
-                .queue
-                .or_else(|| defaults.queue.clone())
-                .unwrap_or_else(|| DEFAULT_QUEUE.to_string()),
+            queue,
             location,
         };
         tasks.insert(id, task);

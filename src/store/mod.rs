@@ -522,6 +522,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn stats(&self) -> StoreResult<StoreStats>;
     /// The tasks of a run in pipeline order.
     async fn task_runs(&self, run_id: &str) -> StoreResult<Vec<TaskRunRecord>>;
+    /// One task of a run.
+    async fn task_run(&self, run_id: &str, task_id: &str) -> StoreResult<Option<TaskRunRecord>>;
     /// The attempts of a run in creation order.
     async fn attempts(&self, run_id: &str) -> StoreResult<Vec<AttemptRecord>>;
 

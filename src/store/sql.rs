@@ -838,6 +838,19 @@ impl Store for SqlStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn task_run(&self, run_id: &str, task_id: &str) -> StoreResult<Option<TaskRunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_cols!(),
+            " FROM task_runs WHERE run_id = $1 AND task_id = $2"
+        ))
+        .bind(run_id)
+        .bind(task_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(task_from_row).transpose()
+    }
+
     async fn attempts(&self, run_id: &str) -> StoreResult<Vec<AttemptRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",

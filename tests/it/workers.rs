@@ -197,6 +197,22 @@ fn a_draining_worker_finishes_its_attempt_and_claims_no_more() {
     assert_eq!(owner_pid(attempts_of(&s, "second")[0]), w2.pid());
 }
 
+/// Every one of the run's `n` tasks has exactly one successful attempt: none lost, none
+/// run twice.
+fn assert_one_success_each(status: &Value, n: usize) {
+    let mut successes = std::collections::HashMap::new();
+    for a in status["attempts"].as_array().unwrap() {
+        if a["state"] == "success" {
+            *successes.entry(a["task_id"].as_str().unwrap()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(successes.len(), n, "a task was lost");
+    assert!(
+        successes.values().all(|c| *c == 1),
+        "a task succeeded twice"
+    );
+}
+
 /// Waits until the first attempt of `task` in the newest run is running.
 fn wait_running(p: &Project, task: &str) {
     wait_until(Duration::from_secs(15), &format!("{task} to start"), || {
@@ -311,20 +327,10 @@ fn a_soak_with_workers_killed_at_random_ends_with_one_success_per_task() {
     let tasks = s["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), n);
     assert!(tasks.iter().all(|t| t["state"] == "success"));
-    let mut successes = std::collections::HashMap::new();
     for a in s["attempts"].as_array().unwrap() {
-        if a["state"] == "success" {
-            *successes
-                .entry(a["task_id"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-        }
         assert_ne!(a["state"], "running", "{a}");
     }
-    assert_eq!(successes.len(), n);
-    assert!(
-        successes.values().all(|c| *c == 1),
-        "a task succeeded twice"
-    );
+    assert_one_success_each(&s, n);
     let report = p.run(&["report", &latest_run(&p)]);
     let report: Value = serde_json::from_str(&report.stdout).unwrap();
     assert_eq!(report["status"], "success");
@@ -526,18 +532,20 @@ fn workers_and_the_coordinator_ride_through_a_postgresql_restart() {
     assert_eq!(s["run"]["state"], "success", "{s}");
     let tasks = s["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 2 * n);
-    let mut successes = std::collections::HashMap::new();
-    for a in s["attempts"].as_array().unwrap() {
-        if a["state"] == "success" {
-            *successes
-                .entry(a["task_id"].as_str().unwrap().to_string())
-                .or_insert(0) += 1;
-        }
-    }
-    assert_eq!(successes.len(), 2 * n, "a task was lost");
-    assert!(
-        successes.values().all(|c| *c == 1),
-        "a task succeeded twice"
-    );
+    assert_one_success_each(&s, 2 * n);
     drop(workers);
+}
+
+#[test]
+fn a_queue_no_worker_could_subscribe_to_is_refused() {
+    let p = Project::new();
+    p.pipeline("q", "tasks:\n  a:\n    run: \"true\"\n    queue: \"\"\n");
+    let r = p.run(&["validate", "q"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains("q.yaml:2:3: `tasks.a.queue`: queue `` is not a name"),
+        "{}",
+        r.stderr
+    );
 }
