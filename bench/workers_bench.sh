@@ -4,8 +4,9 @@
 # a PostgreSQL store, and the same run in local mode on SQLite. Prints tasks per second,
 # the queue wait (an attempt's claim time minus the time it became claimable, p50/p99 from
 # the store: with every task enqueued at once this is mostly the backlog, not the cost of
-# a claim) and, as the physical limit measured in the same run, the time this machine takes
-# just to start the same number of `true` processes 8 at a time.
+# a claim), then, with 4 workers, the claim latency of a chain of tasks that never queue
+# behind each other; and, as the physical limit measured in the same run, the time this
+# machine takes just to start the same number of `true` processes 8 at a time.
 # Needs PostgreSQL on 127.0.0.1:5432 (PG_URL to change). Release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,6 +70,21 @@ EOF
     t1=$(now)
     lat=$(psql "$pg" -qAt -c "SET search_path TO $schema; SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY started_at - available_at)::numeric, 1) || ' ms / ' || round(percentile_cont(0.99) WITHIN GROUP (ORDER BY started_at - available_at)::numeric, 1) || ' ms' FROM attempts")
     printf '%-28s %s   (%.1fx baseline)   queue wait p50/p99 %s\n' "$n worker(s), PostgreSQL" "$(rate "$tasks" "$t0" "$t1")" "$(python3 -c "print(($t1-$t0)/$base)")" "$lat"
+    if [ "$n" = 4 ]; then
+        # Claim latency without a backlog: a chain of CHAIN tasks, each claimable only
+        # when the one before it has ended, so its queue wait is the claim alone.
+        chain="${CHAIN:-200}"
+        {
+            echo "tasks:"
+            echo "  c1: {exec: [\"true\"]}"
+            for i in $(seq 2 "$chain"); do echo "  c$i: {exec: [\"true\"], depends_on: [c$((i - 1))]}"; done
+        } > "$work/p/pipelines/chain.yaml"
+        t0=$(now)
+        "$bin" --project "$work/p" run chain -q >/dev/null
+        t1=$(now)
+        lat=$(psql "$pg" -qAt -c "SET search_path TO $schema; SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY a.started_at - a.available_at)::numeric, 1) || ' ms / ' || round(percentile_cont(0.99) WITHIN GROUP (ORDER BY a.started_at - a.available_at)::numeric, 1) || ' ms' FROM attempts a JOIN runs r ON r.id = a.run_id WHERE r.pipeline = 'chain'")
+        printf '%-28s %s   claim latency p50/p99 %s   (%.0f ms a step)\n' "chain of $chain, 4 workers" "$(rate "$chain" "$t0" "$t1")" "$lat" "$(python3 -c "print(($t1-$t0)*1000/$chain)")"
+    fi
     for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     wait "${pids[@]}" 2>/dev/null || true
     pids=()

@@ -10,7 +10,7 @@
 use super::attempt::{self, AttemptOutcome};
 use super::{report, Engine, EngineError, Event, EventSink, RunInfo, CANCEL_POLL};
 use crate::state::{AttemptState, Readiness, RunState, TaskState, Trigger};
-use crate::store::{now_ms, AttemptResult, ClaimRequest, Next};
+use crate::store::{now_ms, AttemptResult, ClaimRequest, Completion, Millis, Next};
 use crate::tasks::{PipelineRunner, TaskError};
 use indexmap::IndexSet;
 use std::collections::{HashMap, HashSet};
@@ -59,10 +59,21 @@ pub(super) struct Coordinator {
     cancel_sent: bool,
     /// Remote mode: how long a cancelled run waits for workers to stop their attempts.
     cancel_deadline: Option<tokio::time::Instant>,
+    /// Remote mode: when the last poll started (this clock), and when the last full read
+    /// of the run's tasks was.
+    last_poll: Option<i64>,
+    last_full_read: tokio::time::Instant,
 }
 
-/// How often a remote-mode coordinator reads its run's task states.
+/// How often a remote-mode coordinator reads its run's changed task states.
 const REMOTE_POLL: Duration = Duration::from_millis(100);
+/// How far back before its previous poll a poll looks: a change is stamped with its
+/// writer's clock before the writer commits, so a change committed late or stamped by a
+/// clock a little behind is still seen.
+const POLL_OVERLAP_MS: i64 = 1000;
+/// How often a remote-mode coordinator reads all its run's task states anyway (a writer
+/// whose clock is further off than the overlap is seen this late, never missed).
+const FULL_READ: Duration = Duration::from_secs(10);
 
 impl Coordinator {
     /// Loads the run's task states from the store.
@@ -136,6 +147,8 @@ impl Coordinator {
             remote: engine_remote,
             cancel_sent: false,
             cancel_deadline: None,
+            last_poll: None,
+            last_full_read: tokio::time::Instant::now(),
         })
     }
 
@@ -287,6 +300,7 @@ impl Coordinator {
             }
         };
         tracing::info!(run = %self.run.id, "the store answers again");
+        self.last_poll = None; // the next poll reads everything again
         let now = now_ms();
         self.claimable = 0;
         self.retry_at.clear();
@@ -325,17 +339,31 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Records final states, then updates the view, wakes dependents and tells the UI.
+    /// Records final states, then updates the view, wakes dependents and tells the UI. On
+    /// workers, a task a worker claimed meanwhile keeps running (it ends as it ends).
     async fn finalize(&mut self, updates: Vec<Finalization>) -> Result<(), EngineError> {
+        self.finalize_with(updates, self.remote).await
+    }
+
+    async fn finalize_with(
+        &mut self,
+        updates: Vec<Finalization>,
+        keep_running: bool,
+    ) -> Result<(), EngineError> {
         if updates.is_empty() {
             return Ok(());
         }
-        self.engine
+        let kept = self
+            .engine
             .services
             .store
-            .finalize_tasks(&self.run.id, &updates, now_ms())
+            .finalize_tasks(&self.run.id, keep_running, &updates, now_ms())
             .await?;
         for (id, state, error) in updates {
+            if kept.contains(&id) {
+                self.states.insert(id, TaskState::Running);
+                continue;
+            }
             self.states.insert(id.clone(), state);
             self.wake_dependents(&id);
             (self.events)(Event::Finished {
@@ -474,7 +502,21 @@ impl Coordinator {
     /// Remote mode: takes in what the workers recorded since the last look (attempts
     /// started, retries, final states), as `on_outcome` does for local attempts.
     async fn poll_remote(&mut self) -> Result<(), EngineError> {
-        let records = self.engine.services.store.task_runs(&self.run.id).await?;
+        let started = now_ms();
+        let since = match self.last_poll {
+            Some(t) if self.last_full_read.elapsed() < FULL_READ => t - POLL_OVERLAP_MS,
+            _ => {
+                self.last_full_read = tokio::time::Instant::now();
+                Millis::MIN
+            }
+        };
+        let records = self
+            .engine
+            .services
+            .store
+            .task_changes(&self.run.id, since)
+            .await?;
+        self.last_poll = Some(started);
         for r in records {
             let Some(old) = self.states.get(&r.task_id).copied() else {
                 continue;
@@ -643,7 +685,9 @@ impl Coordinator {
                 _ => (id.clone(), state, Some(reason.to_string())),
             })
             .collect();
-        self.finalize(leftovers).await?;
+        // The end: nothing is left running, even an attempt whose worker never answered
+        // the cancellation.
+        self.finalize_with(leftovers, false).await?;
         Ok(true)
     }
 
@@ -669,20 +713,19 @@ impl Coordinator {
         };
         // The result must not be lost to a database restart: retried while the store is
         // unreachable (for up to a lease; then it is rejected or the attempt re-run).
+        let done = [Completion {
+            attempt_id: outcome.attempt.id,
+            result: &result,
+            next,
+        }];
         let (accepted, claimed) =
             crate::store::retrying("recording a result", svc.project.settings.lease, || {
-                svc.store.complete_and_claim(
-                    outcome.attempt.id,
-                    &svc.owner,
-                    &result,
-                    next,
-                    claim,
-                    now_ms(),
-                )
+                svc.store
+                    .complete_and_claim(&svc.owner, &done, claim, now_ms())
             })
             .await?;
         self.start_claimed(want, claimed);
-        if !accepted {
+        if accepted.first() != Some(&true) {
             tracing::warn!(task = %id, attempt = outcome.attempt.number, "result rejected: this process no longer holds the attempt's lease");
             if let Some(t) = svc.store.task_run(&self.run.id, &id).await? {
                 self.states.insert(id, t.state);

@@ -525,7 +525,7 @@ impl Engine {
                 )
             })
             .collect();
-        store.finalize_tasks(&run.id, &updates, now).await?;
+        store.finalize_tasks(&run.id, false, &updates, now).await?;
         store
             .finish_run(&run.id, RunState::Cancelled, Some(run_reason), &[], now)
             .await?;

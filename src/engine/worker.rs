@@ -15,7 +15,7 @@
 use super::attempt::{self, AttemptOutcome};
 use super::coordinator::{attempt_result, decide};
 use super::{ChildRunner, Engine, EngineError, Event, RunInfo, CANCEL_POLL};
-use crate::store::{now_ms, AttemptRecord, ClaimRequest, WorkerInfo};
+use crate::store::{now_ms, AttemptRecord, ClaimRequest, Completion, WorkerInfo};
 use crate::tasks::{PipelineRunner, TaskError};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -115,16 +115,23 @@ pub async fn run(
         };
         tokio::select! {
             Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
-                let Ok((outcome, run)) = joined else {
-                    return Err(EngineError::Refused("a task attempt panicked; this is a bug, please report it".into()));
-                };
-                running.remove(&outcome.attempt.id);
+                // Every attempt that has ended by now is recorded in one transaction.
+                let mut ended = Vec::new();
+                let mut next = Some(joined);
+                while let Some(joined) = next {
+                    let Ok((outcome, run)) = joined else {
+                        return Err(EngineError::Refused("a task attempt panicked; this is a bug, please report it".into()));
+                    };
+                    running.remove(&outcome.attempt.id);
+                    ended.push((outcome, run));
+                    next = inflight.try_join_next();
+                }
                 let free = if draining || stop.is_cancelled() {
                     0
                 } else {
                     slots.saturating_sub(inflight.len())
                 };
-                claimed.extend(finish(&engine, &opts, &run, outcome, free).await);
+                claimed.extend(finish(&engine, &opts, ended, free).await);
             }
             _ = tokio::time::sleep(wait) => {}
             _ = drain.cancelled(), if !draining => {}
@@ -261,59 +268,73 @@ async fn refuse(engine: &Engine, a: &AttemptRecord, error: String) {
         .await;
 }
 
-/// Records an attempt's result with what follows it, claiming up to `free` new attempts in
-/// the same transaction. A store that is down is retried for a while; a result the store
-/// rejects (the lease was lost) is dropped with a warning.
+/// Records the results of attempts that ended, with what follows each, claiming up to
+/// `free` new attempts in the same transaction. A store that is down is retried for a
+/// while; a result the store rejects (the lease was lost) is dropped with a warning.
 async fn finish(
     engine: &Engine,
     opts: &WorkerOptions,
-    run: &RunInfo,
-    o: AttemptOutcome,
+    ended: Vec<(AttemptOutcome, Arc<RunInfo>)>,
     free: usize,
 ) -> Vec<AttemptRecord> {
     let svc = &engine.services;
     let store = &svc.store;
-    let Some(task) = run.pipeline.tasks.get(&o.attempt.task_id) else {
-        return Vec::new();
-    };
-    let (budget_base, giving_up) = match &o.result {
-        Err(e) if !matches!(e, TaskError::Cancelled) => {
-            // One row, not the run's whole task list, per failed attempt.
-            let base = store
-                .task_run(&run.id, &task.id)
-                .await
-                .ok()
-                .flatten()
-                .map(|t| t.budget_base)
-                .unwrap_or(0);
-            let cancelled = store.cancel_requested(&run.id).await.unwrap_or(false);
-            (base, cancelled)
-        }
-        _ => (0, false),
-    };
-    let (next, event) = decide(svc, task, &o, budget_base, giving_up);
-    let result = attempt_result(&o, svc);
+    let mut decided = Vec::with_capacity(ended.len());
+    for (o, run) in &ended {
+        let Some(task) = run.pipeline.tasks.get(&o.attempt.task_id) else {
+            continue;
+        };
+        let (budget_base, giving_up) = match &o.result {
+            Err(e) if !matches!(e, TaskError::Cancelled) => {
+                // One row, not the run's whole task list, per failed attempt.
+                let base = store
+                    .task_run(&run.id, &task.id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|t| t.budget_base)
+                    .unwrap_or(0);
+                let cancelled = store.cancel_requested(&run.id).await.unwrap_or(false);
+                (base, cancelled)
+            }
+            _ => (0, false),
+        };
+        let (next, event) = decide(svc, task, o, budget_base, giving_up);
+        decided.push((o, run, next, event, attempt_result(o, svc)));
+    }
+    let done: Vec<Completion<'_>> = decided
+        .iter()
+        .map(|(o, _, next, _, result)| Completion {
+            attempt_id: o.attempt.id,
+            result,
+            next: *next,
+        })
+        .collect();
     let claim = ClaimRequest {
         run_id: None,
         queues: Some(&opts.queues),
         lease: svc.project.settings.lease,
         limit: free,
     };
-    let recorded = crate::store::retrying("recording a result", Duration::from_secs(60), || {
-        store.complete_and_claim(o.attempt.id, &svc.owner, &result, next, claim, now_ms())
+    let recorded = crate::store::retrying("recording results", Duration::from_secs(60), || {
+        store.complete_and_claim(&svc.owner, &done, claim, now_ms())
     })
     .await;
     match recorded {
-        Ok((true, claimed)) => {
-            super::log_event(&run.id, &event);
+        Ok((accepted, claimed)) => {
+            for ((o, run, _, event, _), ok) in decided.iter().zip(accepted) {
+                if ok {
+                    super::log_event(&run.id, event);
+                } else {
+                    tracing::warn!(run = %run.id, task = %o.attempt.task_id, attempt = o.attempt.number, "result rejected: this worker no longer holds the attempt's lease (it was re-queued)");
+                }
+            }
             claimed
         }
-        Ok((false, _)) => {
-            tracing::warn!(run = %run.id, task = %task.id, attempt = o.attempt.number, "result rejected: this worker no longer holds the attempt's lease (it was re-queued)");
-            Vec::new()
-        }
         Err(e) => {
-            tracing::error!(run = %run.id, task = %task.id, "could not record the result ({e}); the attempt will be re-queued when its lease expires");
+            for (o, run, ..) in &decided {
+                tracing::error!(run = %run.id, task = %o.attempt.task_id, "could not record the result ({e}); the attempt will be re-queued when its lease expires");
+            }
             Vec::new()
         }
     }

@@ -207,6 +207,23 @@ pub struct TaskRunRecord {
     pub metrics: Option<serde_json::Value>,
 }
 
+/// A task's state as a coordinator watching workers reads it ([`Store::task_changes`]).
+#[derive(Debug, Clone)]
+pub struct TaskChange {
+    /// Task id.
+    pub task_id: String,
+    /// State.
+    pub state: TaskState,
+    /// Attempts created so far.
+    pub attempts: u32,
+    /// First start.
+    pub started_at: Option<Millis>,
+    /// End.
+    pub ended_at: Option<Millis>,
+    /// Last error.
+    pub error: Option<String>,
+}
+
 /// One attempt.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
@@ -294,6 +311,17 @@ pub struct ClaimRequest<'a> {
     pub lease: Duration,
     /// At most this many.
     pub limit: usize,
+}
+
+/// One attempt's result to record, with what follows it ([`Store::complete_and_claim`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The attempt.
+    pub attempt_id: i64,
+    /// What it ended with.
+    pub result: &'a AttemptResult,
+    /// The task's next step.
+    pub next: Next,
 }
 
 /// An incremental cursor a run reached, to commit with its success.
@@ -522,6 +550,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn stats(&self) -> StoreResult<StoreStats>;
     /// The tasks of a run in pipeline order.
     async fn task_runs(&self, run_id: &str) -> StoreResult<Vec<TaskRunRecord>>;
+    /// The tasks of a run whose state changed at or after `since` (by the writer's clock;
+    /// `Millis::MIN` for all), in pipeline order, without their outputs: what a coordinator
+    /// watching its workers reads.
+    async fn task_changes(&self, run_id: &str, since: Millis) -> StoreResult<Vec<TaskChange>>;
     /// One task of a run.
     async fn task_run(&self, run_id: &str, task_id: &str) -> StoreResult<Option<TaskRunRecord>>;
     /// The attempts of a run in creation order.
@@ -557,13 +589,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Moves pending tasks to `queued` and enqueues their next attempt, claimable now.
     async fn enqueue(&self, run_id: &str, task_ids: &[String], now: Millis) -> StoreResult<()>;
     /// Sets final states (`skipped`, `cancelled`) on tasks that are not final yet, and
-    /// cancels their queued attempts.
+    /// cancels their queued attempts. With `keep_running`, a task whose attempt a worker
+    /// has claimed meanwhile is left alone: returned are the tasks left so.
     async fn finalize_tasks(
         &self,
         run_id: &str,
+        keep_running: bool,
         updates: &[(String, TaskState, Option<String>)],
         now: Millis,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<Vec<String>>;
     /// Resets tasks to `pending` with a fresh retry budget (`cauce retry`).
     async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()>;
 
@@ -633,25 +667,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         next: Next,
         now: Millis,
     ) -> StoreResult<bool>;
-    /// [`Store::complete`], then [`Store::claim_many`] for the freed slot, in one
-    /// transaction where the backend can (nothing is claimed if the result is rejected).
+    /// [`Store::complete`] for each of `done` (all by `owner`), then a claim for the freed
+    /// slots, in one transaction: one commit for everything a worker or coordinator finished
+    /// since its last look. Returns, per completion, whether it was recorded (false: `owner`
+    /// no longer holds that lease, and nothing of it changed), and the attempts claimed.
     async fn complete_and_claim(
         &self,
-        attempt_id: i64,
         owner: &str,
-        result: &AttemptResult,
-        next: Next,
+        done: &[Completion<'_>],
         claim: ClaimRequest<'_>,
         now: Millis,
-    ) -> StoreResult<(bool, Vec<AttemptRecord>)> {
-        if !self.complete(attempt_id, owner, result, next, now).await? {
-            return Ok((false, Vec::new()));
-        }
-        let claimed = self
-            .claim_many(claim.run_id, owner, claim.lease, now, claim.limit)
-            .await?;
-        Ok((true, claimed))
-    }
+    ) -> StoreResult<(Vec<bool>, Vec<AttemptRecord>)>;
 
     /// [`Store::enqueue`], then [`Store::claim_many`] on that run, in one transaction where
     /// the backend can.

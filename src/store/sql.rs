@@ -9,7 +9,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 /// Schema migrations in order; the store records how many it has applied.
-const MIGRATIONS: [(&str, &str); 4] = [
+const MIGRATIONS: [(&str, &str); 5] = [
     (
         include_str!("migrations/sqlite_v1.sql"),
         include_str!("migrations/postgres_v1.sql"),
@@ -25,6 +25,10 @@ const MIGRATIONS: [(&str, &str); 4] = [
     (
         include_str!("migrations/sqlite_v4.sql"),
         include_str!("migrations/postgres_v4.sql"),
+    ),
+    (
+        include_str!("migrations/sqlite_v5.sql"),
+        include_str!("migrations/postgres_v5.sql"),
     ),
 ];
 
@@ -363,7 +367,7 @@ async fn apply_next(
     let metrics = result.metrics.as_ref().map(|v| v.to_string());
     match next {
         Next::Final(state) => {
-            sqlx::query("UPDATE task_runs SET state = $1, ended_at = $2, error = $3, output = $4, metrics = $5 WHERE run_id = $6 AND task_id = $7")
+            sqlx::query("UPDATE task_runs SET state = $1, ended_at = $2, changed_at = $2, error = $3, output = $4, metrics = $5 WHERE run_id = $6 AND task_id = $7")
                 .bind(state.as_str())
                 .bind(now)
                 .bind(result.error.clone())
@@ -375,8 +379,9 @@ async fn apply_next(
                 .await?;
         }
         Next::Retry { available_at } => {
-            sqlx::query("UPDATE task_runs SET state = 'retrying', attempts = attempts + 1, error = $1 WHERE run_id = $2 AND task_id = $3")
+            sqlx::query("UPDATE task_runs SET state = 'retrying', attempts = attempts + 1, error = $1, changed_at = $2 WHERE run_id = $3 AND task_id = $4")
                 .bind(result.error.clone())
+                .bind(now)
                 .bind(run_id)
                 .bind(task_id)
                 .execute(&mut *tx)
@@ -457,12 +462,14 @@ async fn enqueue_in(
     // becomes ready at once.
     for chunk in task_ids.chunks(ENQUEUE_BATCH) {
         let update = format!(
-            "UPDATE task_runs SET state = 'queued', attempts = attempts + 1 \
+            "UPDATE task_runs SET state = 'queued', attempts = attempts + 1, changed_at = $2 \
                  WHERE run_id = $1 AND state = 'pending' AND task_id IN ({}) RETURNING task_id",
-            placeholders(2, chunk.len())
+            placeholders(3, chunk.len())
         );
         // Audited: only `$n` placeholders are formatted in; every value is bound.
-        let mut moved = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(update)).bind(run_id);
+        let mut moved = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(update))
+            .bind(run_id)
+            .bind(now);
         for t in chunk {
             moved = moved.bind(t);
         }
@@ -538,13 +545,22 @@ async fn claim_in(
         .collect::<StoreResult<Vec<_>>>()?;
     // RETURNING gives no order guarantee; keep the queue's.
     claimed.sort_by_key(|a| (a.available_at, a.id));
-    for attempt in &claimed {
-        sqlx::query("UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1) WHERE run_id = $2 AND task_id = $3")
-            .bind(now)
-            .bind(&attempt.run_id)
-            .bind(&attempt.task_id)
-            .execute(&mut *conn)
-            .await?;
+    // One statement for the claimed attempts' tasks, not one each.
+    for chunk in claimed.chunks(ENQUEUE_BATCH) {
+        let pairs: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, ${})", 2 + 2 * i, 3 + 2 * i))
+            .collect();
+        let sql = format!(
+            "UPDATE task_runs SET state = 'running', started_at = COALESCE(started_at, $1), changed_at = $1 \
+             WHERE (run_id, task_id) IN ({})",
+            pairs.join(", ")
+        );
+        // Audited: only `$n` placeholders are formatted in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for attempt in chunk {
+            query = query.bind(&attempt.run_id).bind(&attempt.task_id);
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok(claimed)
 }
@@ -838,6 +854,31 @@ impl Store for SqlStore {
         rows.iter().map(task_from_row).collect()
     }
 
+    async fn task_changes(&self, run_id: &str, since: Millis) -> StoreResult<Vec<TaskChange>> {
+        let rows = sqlx::query(
+            "SELECT task_id, state, attempts, started_at, ended_at, error FROM task_runs \
+             WHERE run_id = $1 AND changed_at >= $2 ORDER BY position",
+        )
+        .bind(run_id)
+        .bind(since)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                Ok(TaskChange {
+                    task_id: row.try_get("task_id")?,
+                    state: TaskState::parse(&state)
+                        .ok_or_else(|| StoreError::Corrupt(format!("task state `{state}`")))?,
+                    attempts: row.try_get::<i64, _>("attempts")? as u32,
+                    started_at: row.try_get("started_at")?,
+                    ended_at: row.try_get("ended_at")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
     async fn task_run(&self, run_id: &str, task_id: &str) -> StoreResult<Option<TaskRunRecord>> {
         let row = sqlx::query(concat!(
             "SELECT ",
@@ -1011,31 +1052,47 @@ impl Store for SqlStore {
     async fn finalize_tasks(
         &self,
         run_id: &str,
+        keep_running: bool,
         updates: &[(String, TaskState, Option<String>)],
         now: Millis,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Vec<String>> {
         if updates.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
+        let mut kept = Vec::new();
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        // Attempts before tasks, the order a claim and a completion lock them in.
         for (task, state, error) in updates {
-            sqlx::query("UPDATE task_runs SET state = $1, ended_at = $2, error = COALESCE($3, error) WHERE run_id = $4 AND task_id = $5 AND state NOT IN ('success', 'failed', 'skipped', 'cancelled')")
-                .bind(state.as_str())
-                .bind(now)
-                .bind(error.clone())
-                .bind(run_id)
-                .bind(task)
-                .execute(&mut *tx)
-                .await?;
             sqlx::query("UPDATE attempts SET state = 'cancelled', ended_at = $1 WHERE run_id = $2 AND task_id = $3 AND state = 'queued'")
                 .bind(now)
                 .bind(run_id)
                 .bind(task)
                 .execute(&mut *tx)
                 .await?;
+            let done = sqlx::query("UPDATE task_runs SET state = $1, ended_at = $2, changed_at = $2, error = COALESCE($3, error) WHERE run_id = $4 AND task_id = $5 AND state NOT IN ('success', 'failed', 'skipped', 'cancelled') AND ($6 = 0 OR state <> 'running')")
+                .bind(state.as_str())
+                .bind(now)
+                .bind(error.clone())
+                .bind(run_id)
+                .bind(task)
+                .bind(i64::from(keep_running))
+                .execute(&mut *tx)
+                .await?;
+            if keep_running && done.rows_affected() == 0 {
+                let running: Option<(String,)> = sqlx::query_as(
+                    "SELECT state FROM task_runs WHERE run_id = $1 AND task_id = $2 AND state = 'running'",
+                )
+                .bind(run_id)
+                .bind(task)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if running.is_some() {
+                    kept.push(task.clone());
+                }
+            }
         }
         tx.commit().await?;
-        Ok(())
+        Ok(kept)
     }
 
     async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()> {
@@ -1234,31 +1291,36 @@ impl Store for SqlStore {
 
     async fn complete_and_claim(
         &self,
-        attempt_id: i64,
         owner: &str,
-        result: &AttemptResult,
-        next: Next,
+        done: &[Completion<'_>],
         claim: super::ClaimRequest<'_>,
         now: Millis,
-    ) -> StoreResult<(bool, Vec<AttemptRecord>)> {
+    ) -> StoreResult<(Vec<bool>, Vec<AttemptRecord>)> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        if !complete_in(&mut tx, attempt_id, owner, result, next, now).await? {
-            tx.rollback().await?;
-            return Ok((false, Vec::new()));
+        // A rejected completion changes nothing (its first statement matches no row), so
+        // the others stand.
+        let mut recorded = Vec::with_capacity(done.len());
+        for c in done {
+            recorded.push(complete_in(&mut tx, c.attempt_id, owner, c.result, c.next, now).await?);
         }
-        let claimed = claim_in(
-            &mut tx,
-            self.dialect,
-            claim.run_id,
-            claim.queues,
-            owner,
-            claim.lease,
-            now,
-            claim.limit,
-        )
-        .await?;
+        // A process whose every result was rejected has lost its leases: it claims nothing.
+        let claimed = if !done.is_empty() && !recorded.iter().any(|r| *r) {
+            Vec::new()
+        } else {
+            claim_in(
+                &mut tx,
+                self.dialect,
+                claim.run_id,
+                claim.queues,
+                owner,
+                claim.lease,
+                now,
+                claim.limit,
+            )
+            .await?
+        };
         tx.commit().await?;
-        Ok((true, claimed))
+        Ok((recorded, claimed))
     }
 
     async fn expire_leases(

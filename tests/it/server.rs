@@ -1131,3 +1131,101 @@ fn two_servers_on_one_postgresql_store_schedule_one_at_a_time() {
         "a fire time ran twice: {runs:?}"
     );
 }
+
+/// Sleeps until `secs_before` seconds before the next whole minute that is at least
+/// `secs_before + 1` seconds away; returns that minute.
+fn sleep_until_before_next_minute(secs_before: i64) -> chrono::DateTime<chrono::Utc> {
+    use chrono::{DurationRound, TimeDelta, Utc};
+    let now = Utc::now();
+    let mut next = now.duration_trunc(TimeDelta::minutes(1)).unwrap() + TimeDelta::minutes(1);
+    if (next - now).num_milliseconds() < (secs_before + 1) * 1000 {
+        next += TimeDelta::minutes(1);
+    }
+    let wake = next - TimeDelta::seconds(secs_before);
+    std::thread::sleep((wake - Utc::now()).to_std().unwrap_or_default());
+    next
+}
+
+fn scheduled_dates(s: &Server) -> Vec<String> {
+    let mut dates: Vec<String> = runs_of(s, "minutely")
+        .iter()
+        .map(|r| r["logical_date"].as_str().unwrap().to_string())
+        .collect();
+    dates.sort();
+    dates
+}
+
+fn fired_here(s: &Server, at: chrono::DateTime<chrono::Utc>) -> bool {
+    let due = format!("due={}", at.to_rfc3339());
+    s.stderr
+        .lock()
+        .unwrap()
+        .lines()
+        .any(|l| l.contains("scheduled run started") && l.contains(&due))
+}
+
+#[test]
+fn a_scheduling_server_killed_hard_is_replaced_and_no_minute_is_skipped_or_doubled() {
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::store::postgres_url());
+    let p = project(&format!("store: \"{url}\"\n"));
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    p.pipeline(
+        "minutely",
+        &format!("schedule: \"* * * * *\"\nstart_date: \"{today}\"\ntasks:\n  a: \"true\"\n"),
+    );
+    let a = Server::start(&p);
+    wait_until(Duration::from_secs(10), "A to schedule", || {
+        health(&a)["scheduling"] == true
+    });
+    // The latest minute is fired on the first pass (catchup: false).
+    wait_until(Duration::from_secs(10), "the first fire", || {
+        !scheduled_dates(&a).is_empty()
+    });
+    let first = scheduled_dates(&a)[0].clone();
+    let b = Server::start(&p);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(health(&b)["scheduling"], false, "B stands by");
+
+    // A dies with kill -9 four seconds before a minute: B must fire that minute.
+    let m1 = sleep_until_before_next_minute(4);
+    signal(a.child.id(), "KILL");
+    let killed = Instant::now();
+    wait_until(Duration::from_secs(10), "B to take over", || {
+        health(&b)["scheduling"] == true
+    });
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(4), "takeover took {took:?}");
+    wait_until(Duration::from_secs(20), "B to fire the minute", || {
+        fired_here(&b, m1)
+    });
+
+    // A comes back and stands by; then B dies the same way and A fires the next minute.
+    let a2 = Server::start(&p);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        health(&a2)["scheduling"],
+        false,
+        "the restarted A stands by"
+    );
+    let m2 = sleep_until_before_next_minute(4);
+    signal(b.child.id(), "KILL");
+    wait_until(Duration::from_secs(20), "A to fire the next minute", || {
+        fired_here(&a2, m2)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every minute from the first fire to the last exactly once.
+    let dates = scheduled_dates(&a2);
+    let parse = |d: &str| chrono::DateTime::parse_from_rfc3339(d).unwrap().timestamp();
+    let start = parse(&first);
+    let expected: Vec<i64> = (0..dates.len() as i64).map(|i| start + 60 * i).collect();
+    let got: Vec<i64> = dates.iter().map(|d| parse(d)).collect();
+    assert_eq!(
+        got, expected,
+        "one run per minute, none skipped or doubled: {dates:?}"
+    );
+    assert_eq!(got.last(), Some(&m2.timestamp()), "{dates:?}");
+    assert!(got.contains(&m1.timestamp()), "{dates:?}");
+}

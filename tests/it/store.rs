@@ -313,6 +313,7 @@ async fn finalize_and_reset(s: &dyn Store) {
         .unwrap();
     s.finalize_tasks(
         "f1",
+        false,
         &[
             ("a".into(), TaskState::Cancelled, None),
             (
@@ -442,16 +443,18 @@ async fn results_and_claims_share_a_transaction(s: &dyn Store) {
     // A result from someone who does not hold the lease is rejected and claims nothing.
     let (accepted, claimed) = s
         .complete_and_claim(
-            first[0].id,
             "intruder",
-            &ok,
-            Next::Final(TaskState::Success),
+            &[store::Completion {
+                attempt_id: first[0].id,
+                result: &ok,
+                next: Next::Final(TaskState::Success),
+            }],
             claim,
             1,
         )
         .await
         .unwrap();
-    assert!(!accepted && claimed.is_empty());
+    assert!(accepted == [false] && claimed.is_empty());
     assert_eq!(
         s.task_runs("x1").await.unwrap()[1].state,
         TaskState::Queued,
@@ -459,16 +462,18 @@ async fn results_and_claims_share_a_transaction(s: &dyn Store) {
     );
     let (accepted, claimed) = s
         .complete_and_claim(
-            first[0].id,
             "w",
-            &ok,
-            Next::Final(TaskState::Success),
+            &[store::Completion {
+                attempt_id: first[0].id,
+                result: &ok,
+                next: Next::Final(TaskState::Success),
+            }],
             claim,
             1,
         )
         .await
         .unwrap();
-    assert!(accepted);
+    assert_eq!(accepted, [true]);
     assert_eq!(
         claimed
             .iter()
@@ -777,7 +782,76 @@ async fn workers_register_and_are_listed(s: &dyn Store) {
     assert_eq!((w2.stopped_at, w2.started_at), (None, 300));
 }
 
+/// A coordinator stopping a run on workers leaves alone a task a worker has claimed, and
+/// sees changes by time.
+async fn stopping_leaves_claimed_tasks_and_changes_are_read_by_time(s: &dyn Store) {
+    s.create_run(&new_run("k1", &["a", "b", "c"]), 0)
+        .await
+        .unwrap();
+    s.enqueue("k1", &["a".into(), "b".into()], 10)
+        .await
+        .unwrap();
+    let a = s.claim(Some("k1"), "w", LEASE, 20).await.unwrap().unwrap();
+    assert_eq!(a.task_id, "a");
+    let why = Some("not run".to_string());
+    let kept = s
+        .finalize_tasks(
+            "k1",
+            true,
+            &[
+                ("a".into(), TaskState::Skipped, why.clone()),
+                ("b".into(), TaskState::Skipped, why.clone()),
+                ("c".into(), TaskState::Skipped, why.clone()),
+            ],
+            30,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, ["a"], "the claimed task is left running");
+    let t = s.task_runs("k1").await.unwrap();
+    assert_eq!(
+        t.iter().map(|t| t.state).collect::<Vec<_>>(),
+        [TaskState::Running, TaskState::Skipped, TaskState::Skipped]
+    );
+    assert!(s.claim(Some("k1"), "w", LEASE, 31).await.unwrap().is_none());
+    // Changes at or after a time, by the writers' clocks.
+    let ok = AttemptResult {
+        state: Some(AttemptState::Success),
+        ..Default::default()
+    };
+    assert!(s
+        .complete(a.id, "w", &ok, Next::Final(TaskState::Success), 40)
+        .await
+        .unwrap());
+    let changed = |since| async move {
+        s.task_changes("k1", since)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.task_id, c.state))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(changed(40).await, [("a".to_string(), TaskState::Success)]);
+    assert_eq!(changed(31).await.len(), 1);
+    assert_eq!(changed(30).await.len(), 3);
+    assert_eq!(changed(i64::MIN).await.len(), 3);
+    // Forced (the end of a cancelled run): nothing is left running.
+    s.create_run(&new_run("k2", &["a"]), 0).await.unwrap();
+    s.enqueue("k2", &["a".into()], 10).await.unwrap();
+    s.claim(Some("k2"), "w", LEASE, 20).await.unwrap().unwrap();
+    let kept = s
+        .finalize_tasks("k2", false, &[("a".into(), TaskState::Cancelled, None)], 30)
+        .await
+        .unwrap();
+    assert!(kept.is_empty());
+    assert_eq!(
+        s.task_runs("k2").await.unwrap()[0].state,
+        TaskState::Cancelled
+    );
+}
+
 conformance!(
+    stopping_leaves_claimed_tasks_and_changes_are_read_by_time,
     runs_round_trip,
     queue_claim_complete,
     retries_wait_for_their_time,
