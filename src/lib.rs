@@ -23,6 +23,8 @@
 //! - [`template`], [`secrets`]: the one template engine; secret values and redaction.
 //! - [`schedule`]: cron arithmetic: fire times in a time zone, catchup, what is due.
 //! - [`server`]: `cauce server`: the scheduler service, the REST API, metrics, lifecycle.
+//! - [`shared`]: logs, reports and datasets mirrored through an object store (`s3://`)
+//!   for workers on machines that share no folder.
 //! - [`alerts`]: alert channels (e-mail, webhook, command) and their rate-limited dispatch.
 
 pub mod alerts;
@@ -36,6 +38,7 @@ pub mod quality;
 pub mod schedule;
 pub mod secrets;
 pub mod server;
+pub mod shared;
 pub mod sinks;
 pub mod sources;
 pub mod spec;

@@ -51,6 +51,12 @@ pub struct Settings {
     /// Where logs, reports and datasets live when not in `.cauce/`: a folder every
     /// server and worker mounts (relative to the root).
     pub shared_dir: Option<PathBuf>,
+    /// `shared_dir` as an object-store URL (`s3://bucket/prefix`): `.cauce/` is then
+    /// mirrored through it ([`crate::shared`]).
+    pub shared_url: Option<String>,
+    /// `shared_options`: settings of the object store (`endpoint`, `region`...; values
+    /// may use `${VAR}`).
+    pub shared_options: Vec<(String, String)>,
 }
 
 /// Who runs attempts.
@@ -84,6 +90,8 @@ impl Default for Settings {
             data: Default::default(),
             executor: Executor::Local,
             shared_dir: None,
+            shared_url: None,
+            shared_options: Vec::new(),
         }
     }
 }
@@ -154,6 +162,7 @@ struct RawSettings {
     pipelines_dir: Option<String>,
     executor: Option<Executor>,
     shared_dir: Option<String>,
+    shared_options: Option<IndexMap<String, String>>,
 }
 
 /// A project (or a lone pipeline file's folder).
@@ -551,7 +560,33 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     if let Some(e) = raw.executor {
         s.executor = e;
     }
-    s.shared_dir = raw.shared_dir.map(PathBuf::from);
+    match raw.shared_dir {
+        Some(v) if crate::shared::is_url(&v) => {
+            if let Err(e) = crate::shared::SharedStorage::open(&v, Path::new("."), &[]) {
+                errors.push(SpecError::new(
+                    Location::file(file),
+                    Some("shared_dir".into()),
+                    e.to_string(),
+                ));
+            }
+            s.shared_url = Some(v);
+        }
+        Some(v) => {
+            let folder = v.strip_prefix("file://").unwrap_or(&v);
+            s.shared_dir = Some(PathBuf::from(folder));
+        }
+        None => {}
+    }
+    for (k, v) in raw.shared_options.unwrap_or_default() {
+        if let Err(e) = crate::shared::option_key(&k) {
+            errors.push(SpecError::new(
+                Location::file(file),
+                Some(format!("shared_options.{k}")),
+                e,
+            ));
+        }
+        s.shared_options.push((k, v));
+    }
     if let Some(n) = &defaults_node {
         match parse_defaults(n, file, "defaults") {
             Ok(d) => s.defaults = d,

@@ -283,7 +283,7 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
             .filter(|a| args.attempt.is_none_or(|n| a.number == n))
             .filter(|a| a.started_at.is_some())
         {
-            let path = svc.project.attempt_log(&id, &a.task_id, a.number);
+            let path = svc.attempt_log_local(a).await;
             let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
             let mut text = Vec::new();
             if let Ok(f) = std::fs::File::open(&path) {
@@ -313,7 +313,7 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
             .collect();
         for a in &chosen {
             // Log paths come from the store; only files under the project's log folder are read.
-            let path = svc.project.attempt_log(&id, &a.task_id, a.number);
+            let path = svc.attempt_log_local(a).await;
             let offset = printed.get(&path.display().to_string()).copied();
             if offset.is_none() && args.task.is_none() || offset.is_none() && chosen.len() > 1 {
                 writeln!(
@@ -353,7 +353,7 @@ pub async fn logs(cx: Context, args: LogsArgs) -> anyhow::Result<i32> {
                 .iter()
                 .filter(|a| args.task.as_ref().is_none_or(|t| &a.task_id == t))
             {
-                let path = svc.project.attempt_log(&id, &a.task_id, a.number);
+                let path = svc.attempt_log_local(a).await;
                 let from = printed
                     .get(&path.display().to_string())
                     .copied()

@@ -125,7 +125,7 @@ impl Context {
             crate::store::StoreError::BadUrl(_) => anyhow::Error::new(UserError(e.to_string())),
             other => anyhow::anyhow!("cannot open the store ({}): {other}", redact_url(&url)),
         })?;
-        Ok(Services::new(self.project, store))
+        Services::new(self.project, store).map_err(|e| UserError(e.to_string()).into())
     }
 }
 

@@ -194,8 +194,31 @@ pub async fn run_attempt(
         attempt.number,
         task.action.describe()
     ));
+    // With an object store for shared data: the upstream datasets this machine lacks are
+    // fetched first, and the log is uploaded every few seconds while the attempt runs.
+    let shared = services.shared.clone();
+    let mut setup_error = env_error;
+    if let (Some(sh), None) = (&shared, &setup_error) {
+        for up in &task.depends_on {
+            match sh.pull_datasets(&ctx.data_dir, up).await {
+                Ok(0) => {}
+                Ok(n) => log.note(&format!(
+                    "fetched the dataset of `{up}` from shared storage ({n} files)"
+                )),
+                Err(e) => {
+                    setup_error = Some(TaskError::Failed(format!(
+                        "cannot fetch the dataset of `{up}` from shared storage: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+    }
+    let mirror = shared
+        .clone()
+        .map(|sh| LogMirror::start(sh, log_path.clone()));
     let mut timed_out = false;
-    let result = if let Some(e) = env_error {
+    let mut result = if let Some(e) = setup_error {
         Err(e)
     } else {
         let fut = task.action.run(&ctx);
@@ -217,12 +240,29 @@ pub async fn run_attempt(
         }
     };
     let stats = ctx.process_stats.lock().ok().and_then(|s| *s);
+    if let (Some(sh), Ok(_)) = (&shared, &result) {
+        // Downstream tasks on other machines read it from there.
+        match sh.push_datasets(&ctx.data_dir, &task.id).await {
+            Ok(0) => {}
+            Ok(n) => log.note(&format!(
+                "uploaded the dataset to shared storage ({n} files)"
+            )),
+            Err(e) => {
+                result = Err(TaskError::Failed(format!(
+                    "cannot upload the dataset to shared storage: {e}"
+                )))
+            }
+        }
+    }
     match &result {
         Ok(_) => log.note(&format!(
             "succeeded in {}",
             format_duration(started.elapsed())
         )),
         Err(e) => log.note(&format!("ended: {e}")),
+    }
+    if let Some(m) = mirror {
+        m.finish().await;
     }
     AttemptOutcome {
         attempt,
@@ -231,5 +271,56 @@ pub async fn run_attempt(
         stats,
         log_path: log_path.display().to_string(),
         elapsed: started.elapsed(),
+    }
+}
+
+/// How often a running attempt's log is uploaded to shared storage.
+const LOG_MIRROR_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Uploads a running attempt's log to shared storage whenever it grew, so that a server on
+/// another machine can show it while it runs; [`LogMirror::finish`] uploads the last of it.
+struct LogMirror {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    shared: Arc<crate::shared::SharedStorage>,
+    path: std::path::PathBuf,
+}
+
+impl LogMirror {
+    fn start(shared: Arc<crate::shared::SharedStorage>, path: std::path::PathBuf) -> LogMirror {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (stop, shared, path) = (stop.clone(), Arc::clone(&shared), path.clone());
+            async move {
+                let mut sent = 0;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(LOG_MIRROR_EVERY) => {}
+                    }
+                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    if size != sent {
+                        match shared.push_file(&path).await {
+                            Ok(()) => sent = size,
+                            Err(e) => tracing::warn!("uploading a running log: {e}"),
+                        }
+                    }
+                }
+            }
+        });
+        LogMirror {
+            stop,
+            task,
+            shared,
+            path,
+        }
+    }
+
+    async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        if let Err(e) = self.shared.push_file(&self.path).await {
+            tracing::warn!("uploading the log {}: {e}", self.path.display());
+        }
     }
 }

@@ -61,11 +61,38 @@ pub struct Services {
     pub alerts: Arc<Alerter>,
     /// The data plane's settings, shared by every attempt.
     pub data: Arc<crate::data::DataSettings>,
+    /// The object store `.cauce/` is mirrored through (`shared_dir: s3://...`).
+    pub shared: Option<Arc<crate::shared::SharedStorage>>,
 }
 
 impl Services {
-    /// Services for a project and an open store.
-    pub fn new(project: Project, store: Arc<dyn Store>) -> Arc<Services> {
+    /// Services for a project and an open store; opens the project's shared storage.
+    pub fn new(
+        project: Project,
+        store: Arc<dyn Store>,
+    ) -> Result<Arc<Services>, crate::shared::SharedError> {
+        let shared = match &project.settings.shared_url {
+            Some(url) => {
+                // Secrets in the options come from the environment or `.env`.
+                let env = Templates::new(project.secrets.clone(), Arc::clone(&project.dotenv));
+                let mut options = Vec::new();
+                for (k, v) in &project.settings.shared_options {
+                    let value =
+                        env.expand_env(v)
+                            .map_err(|e| crate::shared::SharedError::BadUrl {
+                                url: url.clone(),
+                                why: format!("shared_options.{k}: {e}"),
+                            })?;
+                    options.push((k.clone(), value));
+                }
+                Some(Arc::new(crate::shared::SharedStorage::open(
+                    url,
+                    &project.state_dir(),
+                    &options,
+                )?))
+            }
+            None => None,
+        };
         let templates = Arc::new(Templates::new(
             project.secrets.clone(),
             Arc::clone(&project.dotenv),
@@ -77,14 +104,35 @@ impl Services {
             project.secrets.clone(),
             &project.root,
         ));
-        Arc::new(Services {
+        Ok(Arc::new(Services {
             store,
             data: Arc::new(project.settings.data.clone()),
             project: Arc::new(project),
             templates,
             owner: owner_id(),
             alerts,
-        })
+            shared,
+        }))
+    }
+}
+
+impl Services {
+    /// The local path of an attempt's log. With an object store for shared data, a log
+    /// written on another machine is downloaded first (again on each call, so a running
+    /// attempt's log grows); a log written on this machine is read where it is.
+    pub async fn attempt_log_local(&self, a: &crate::store::AttemptRecord) -> std::path::PathBuf {
+        let path = self.project.attempt_log(&a.run_id, &a.task_id, a.number);
+        let elsewhere = a
+            .owner
+            .as_deref()
+            .and_then(|o| o.split(':').next())
+            .is_some_and(|host| host != hostname());
+        if let (Some(sh), true) = (&self.shared, elsewhere) {
+            if let Err(e) = sh.pull_file(&path).await {
+                tracing::warn!("fetching the log {}: {e}", path.display());
+            }
+        }
+        path
     }
 }
 
@@ -98,7 +146,15 @@ pub fn owner_id() -> String {
     )
 }
 
+/// This machine's name in owner ids: `CAUCE_HOST`, else the kernel's hostname.
 pub(crate) fn hostname() -> String {
+    // Containers often share a hostname: `CAUCE_HOST` names the machine instead.
+    if let Some(h) = std::env::var("CAUCE_HOST")
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains(':'))
+    {
+        return h;
+    }
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))

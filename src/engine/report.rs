@@ -101,5 +101,8 @@ pub async fn write_report(
     let tmp = dir.join(format!(".{run_id}.json.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(&report)?)?;
     std::fs::rename(&tmp, &path)?;
+    if let Some(sh) = &svc.shared {
+        sh.push_file(&path).await?;
+    }
     Ok(path)
 }

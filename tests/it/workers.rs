@@ -549,3 +549,216 @@ fn a_queue_no_worker_could_subscribe_to_is_refused() {
         r.stderr
     );
 }
+
+/// An S3 server of the test's own: moto's, from the virtualenv `.ci/run` makes
+/// (`CAUCE_TEST_MOTO` to use another), on a free loopback port.
+struct S3Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let bin = std::env::var("CAUCE_TEST_MOTO")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/cauce/venv/bin/moto_server")
+            });
+        assert!(
+            bin.is_file(),
+            "the shared-storage test needs an S3 server; `.ci/run` installs moto, by hand: \
+             `~/.cache/cauce/venv/bin/pip install 'moto[server]'`"
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let http = reqwest::blocking::Client::new();
+        wait_until(Duration::from_secs(30), "the S3 server", || {
+            http.get(&endpoint).send().is_ok()
+        });
+        S3Server { child, endpoint }
+    }
+
+    fn create_bucket(&self, name: &str) {
+        let r = reqwest::blocking::Client::new()
+            .put(format!("{}/{name}", self.endpoint))
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "{r:?}");
+    }
+
+    /// The keys in a bucket under a prefix.
+    fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let body = reqwest::blocking::get(format!(
+            "{}/{bucket}?list-type=2&prefix={prefix}&max-keys=1000",
+            self.endpoint
+        ))
+        .unwrap()
+        .text()
+        .unwrap();
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a log chunk has this line (the command's own echo line aside).
+fn has_line(chunk: &Value, line: &str) -> bool {
+    chunk["text"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .any(|l| l == line)
+}
+
+#[test]
+fn datasets_and_logs_cross_machines_through_an_s3_bucket() {
+    use crate::common::server::{server_settings, Server, VIEWER};
+    let s3 = S3Server::start();
+    s3.create_bucket("cauce-shared");
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::store::postgres_url());
+    let settings = format!(
+        "store: \"{url}\"\nexecutor: workers\n\
+         shared_dir: s3://cauce-shared/cluster\n\
+         shared_options:\n  endpoint: {}\n  allow_http: \"true\"\n  region: us-east-1\n  access_key_id: test\n  secret_access_key: \"${{S3_SECRET}}\"\n",
+        s3.endpoint
+    );
+    // Three machines that share no folder: A and B run workers, C the server. Each has
+    // the project checked out (C's copy is where the runs' pipelines point).
+    let a = Project::new();
+    let b = Project::new();
+    let c = Project::new();
+    for m in [&a, &b, &c] {
+        m.write("cauce.yaml", &server_settings(&settings));
+        m.write(".env", "S3_SECRET=test\n");
+    }
+    c.write(
+        "pipelines/input/orders.csv",
+        "order_id,country,amount\n1,ES,10.5\n2,FR,3\n3,ES,4.5\n",
+    );
+    c.pipeline(
+        "sales",
+        "tasks:\n\
+         \x20 orders: {queue: a, extract: {source: csv, path: input/orders.csv}}\n\
+         \x20 totals:\n    queue: b\n    depends_on: [orders]\n    sql: \"SELECT country, SUM(amount) AS total FROM orders GROUP BY country ORDER BY country\"\n\
+         \x20 out: {queue: b, depends_on: [totals], load: {sink: csv, path: out/totals.csv}}\n\
+         \x20 live: {queue: a, run: \"echo live-line-one; sleep 6; echo live-line-two\"}\n",
+    );
+    let start_worker = |m: &Project, host: &str, queue: &str| {
+        let log = m.path().join("worker.log");
+        let child = m
+            .cmd(&["worker", "--slots", "2", "--queues", queue])
+            .env("CAUCE_HOST", host)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Worker { child, log }
+    };
+    let wa = start_worker(&a, "machine-a", "a");
+    let wb = start_worker(&b, "machine-b", "b");
+    let s = Server::start(&c);
+    let id = s.trigger("sales", serde_json::json!({}));
+
+    // The running attempt's log, written on A, is read through the server on C.
+    wait_until(
+        Duration::from_secs(30),
+        "the live log on the server",
+        || {
+            let (code, v) = s.get(&format!("/api/v1/runs/{id}/tasks/live/logs"), Some(VIEWER));
+            code == 200 && has_line(&v, "live-line-one")
+        },
+    );
+    let (_, v) = s.get(&format!("/api/v1/runs/{id}/tasks/live/logs"), Some(VIEWER));
+    assert_eq!(v["state"], "running", "read while it runs: {v}");
+    assert!(!has_line(&v, "live-line-two"), "{v}");
+
+    let detail = s.wait_run(&id, Duration::from_secs(60));
+    assert_eq!(
+        detail["run"]["state"],
+        "success",
+        "{detail}\nA: {}\nB: {}",
+        wa.log(),
+        wb.log()
+    );
+    // The dataset extracted on A reached B through the bucket, whole.
+    assert_eq!(
+        std::fs::read_to_string(c.path().join("pipelines/out/totals.csv")).unwrap(),
+        "country,total\nES,15.0\nFR,3.0\n"
+    );
+    assert!(a.path().join(format!(".cauce/data/{id}/orders")).is_dir());
+    assert!(
+        b.path().join(format!(".cauce/data/{id}/orders")).is_dir(),
+        "B fetched it"
+    );
+    assert!(!a.path().join(format!(".cauce/data/{id}/totals")).exists());
+    let keys = s3.keys("cauce-shared", &format!("cluster/data/{id}/"));
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with(&format!("cluster/data/{id}/orders/"))),
+        "{keys:?}"
+    );
+    let (_, log) = s.get(
+        &format!("/api/v1/runs/{id}/tasks/totals/logs"),
+        Some(VIEWER),
+    );
+    assert!(
+        log["text"]
+            .as_str()
+            .unwrap()
+            .contains("fetched the dataset of `orders` from shared storage"),
+        "{log}"
+    );
+    // After the end, the whole log, and the report in the bucket.
+    let (_, v) = s.get(&format!("/api/v1/runs/{id}/tasks/live/logs"), Some(VIEWER));
+    assert!(has_line(&v, "live-line-two"), "{v}");
+    let reports = s3.keys("cauce-shared", "cluster/reports/");
+    assert!(
+        reports.contains(&format!("cluster/reports/{id}.json")),
+        "{reports:?}"
+    );
+}
+
+#[test]
+fn a_bad_shared_storage_setting_is_a_located_error() {
+    let p = Project::new();
+    p.write("cauce.yaml", "shared_dir: gs://bucket/x\n");
+    p.pipeline("x", "tasks:\n  a: \"true\"\n");
+    let r = p.run(&["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("cauce.yaml") && r.stderr.contains("shared_dir"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("only s3://"), "{}", r.stderr);
+    p.write(
+        "cauce.yaml",
+        "shared_dir: s3://bucket/x\nshared_options:\n  endpoit: http://127.0.0.1:1\n",
+    );
+    let r = p.run(&["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("shared_options.endpoit"), "{}", r.stderr);
+}

@@ -114,7 +114,7 @@ async fn find_attempt(
         ))
     })?;
     let project = &state.services().project;
-    let path = project.attempt_log(run_id, task_id, attempt.number);
+    let path = state.services().attempt_log_local(&attempt).await;
     let logs = std::fs::canonicalize(project.logs_dir()).unwrap_or_else(|_| project.logs_dir());
     match std::fs::canonicalize(&path) {
         Ok(real) if real.starts_with(&logs) => Ok((attempt, real)),
@@ -283,7 +283,7 @@ fn follow(
             // Nothing new: the store is asked only now whether the attempt has ended. The
             // file is read once more after that answer, so that text written just before the
             // end is always sent before `end`.
-            let attempt_state = c
+            let attempt = c
                 .state
                 .services()
                 .store
@@ -293,9 +293,12 @@ fn follow(
                 .and_then(|all| {
                     all.into_iter()
                         .find(|a| a.task_id == c.task_id && a.number == c.number)
-                })
-                .map(|a| a.state);
-            match attempt_state {
+                });
+            if let Some(a) = &attempt {
+                // A log written on another machine: its latest copy from shared storage.
+                c.state.services().attempt_log_local(a).await;
+            }
+            match attempt.map(|a| a.state) {
                 Some(s) if !s.is_final() => tokio::time::sleep(FOLLOW_POLL).await,
                 other => {
                     if let Some(event) = c.next_chunk() {
