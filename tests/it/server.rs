@@ -1073,8 +1073,9 @@ fn health(s: &Server) -> Value {
     s.get("/health", None).1
 }
 
-#[test]
-fn two_servers_on_one_postgresql_store_schedule_one_at_a_time() {
+/// A project on a PostgreSQL store of its own with a per-minute schedule, and a first
+/// server that has taken the scheduler lease.
+fn minutely_on_postgres() -> (Project, Server) {
     let url = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(crate::store::postgres_url());
@@ -1088,6 +1089,12 @@ fn two_servers_on_one_postgresql_store_schedule_one_at_a_time() {
     wait_until(Duration::from_secs(10), "A to schedule", || {
         health(&a)["scheduling"] == true
     });
+    (p, a)
+}
+
+#[test]
+fn two_servers_on_one_postgresql_store_schedule_one_at_a_time() {
+    let (p, a) = minutely_on_postgres();
     let b = Server::start(&p);
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(
@@ -1166,19 +1173,7 @@ fn fired_here(s: &Server, at: chrono::DateTime<chrono::Utc>) -> bool {
 
 #[test]
 fn a_scheduling_server_killed_hard_is_replaced_and_no_minute_is_skipped_or_doubled() {
-    let url = tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(crate::store::postgres_url());
-    let p = project(&format!("store: \"{url}\"\n"));
-    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
-    p.pipeline(
-        "minutely",
-        &format!("schedule: \"* * * * *\"\nstart_date: \"{today}\"\ntasks:\n  a: \"true\"\n"),
-    );
-    let a = Server::start(&p);
-    wait_until(Duration::from_secs(10), "A to schedule", || {
-        health(&a)["scheduling"] == true
-    });
+    let (p, a) = minutely_on_postgres();
     // The latest minute is fired on the first pass (catchup: false).
     wait_until(Duration::from_secs(10), "the first fire", || {
         !scheduled_dates(&a).is_empty()
