@@ -260,6 +260,7 @@ impl Coordinator {
         let now = tokio::time::Instant::now();
         if now >= *next_heartbeat {
             *next_heartbeat = now + lease / 3;
+            self.check_still_owner().await?;
             svc.store
                 .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
                 .await?;
@@ -300,6 +301,7 @@ impl Coordinator {
             }
         };
         tracing::info!(run = %self.run.id, "the store answers again");
+        self.check_still_owner().await?;
         self.last_poll = None; // the next poll reads everything again
         let now = now_ms();
         self.claimable = 0;
@@ -337,6 +339,30 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// Steps down if another process has taken the run over (this one could not heartbeat
+    /// for longer than a lease, so the scheduling server resumed the run elsewhere): its
+    /// own attempts are stopped and not recorded, and the run is left to the new owner.
+    async fn check_still_owner(&mut self) -> Result<(), EngineError> {
+        let svc = Arc::clone(&self.engine.services);
+        let Some(run) = svc.store.get_run(&self.run.id).await? else {
+            return Ok(());
+        };
+        match run.owner {
+            Some(owner) if owner != svc.owner => {
+                tracing::warn!(run = %self.run.id, new_owner = %owner, "another process took this run over (this one lost the store for longer than a lease); stepping down");
+                self.cancel.cancel();
+                let grace = svc.project.settings.kill_grace + Duration::from_secs(1);
+                let _ = tokio::time::timeout(grace, async {
+                    while self.inflight.join_next().await.is_some() {}
+                })
+                .await;
+                self.inflight.abort_all();
+                Err(EngineError::TakenOver { owner })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Records final states, then updates the view, wakes dependents and tells the UI. On

@@ -44,6 +44,13 @@ pub enum EngineError {
     /// The run cannot be executed as asked.
     #[error("{0}")]
     Refused(String),
+    /// Another process took the run over while this one could not reach the store; the
+    /// run goes on there.
+    #[error("another process ({owner}) took this run over while this one could not reach the store for longer than a lease; the run goes on there")]
+    TakenOver {
+        /// The new owner.
+        owner: String,
+    },
 }
 
 /// What every run of this process shares.

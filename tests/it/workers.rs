@@ -762,3 +762,35 @@ fn a_bad_shared_storage_setting_is_a_located_error() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("shared_options.endpoit"), "{}", r.stderr);
 }
+
+#[test]
+fn a_coordinator_whose_run_was_taken_over_steps_down() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let url = rt.block_on(crate::store::postgres_url());
+    let p = Project::new();
+    p.write(
+        "cauce.yaml",
+        &format!("store: \"{url}\"\nexecutor: workers\nlease: 3s\nkill_grace: 1s\n"),
+    );
+    p.pipeline("t", "tasks:\n  slow: \"sleep 20\"\n");
+    let _w = Worker::start(&p, "w", &["--slots", "1"]);
+    let run = p.spawn(&["run", "t"]);
+    wait_running(&p, "slow");
+    let id = latest_run(&p);
+    // What the scheduling server does to a run whose coordinator stopped heartbeating for
+    // longer than a lease (an outage on the coordinator's side): another process owns it.
+    rt.block_on(async {
+        let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE runs SET owner = 'elsewhere:1:00000000' WHERE id = $1")
+            .bind(&id)
+            .execute(&pool)
+            .await
+            .unwrap();
+    });
+    let r = crate::common::wait_with_limit(run, Duration::from_secs(15));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("took this run over"), "{}", r.stderr);
+    let s = p.status(&id);
+    assert_eq!(s["run"]["state"], "running", "left to its new owner: {s}");
+    assert_eq!(s["run"]["owner"], "elsewhere:1:00000000", "{s}");
+}

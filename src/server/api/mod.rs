@@ -357,6 +357,9 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Store(s) => s.into(),
             EngineError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ EngineError::TakenOver { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             EngineError::Spec(s) => ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",
