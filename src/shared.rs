@@ -41,6 +41,17 @@ pub enum SharedError {
         #[source]
         source: object_store::Error,
     },
+    /// Sending a file to the object store failed.
+    #[error("shared storage {url}, {key}: {source}")]
+    Upload {
+        /// Where.
+        url: String,
+        /// The object's key.
+        key: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// A local file could not be read or written.
     #[error("{path}: {source}")]
     Local {
@@ -147,18 +158,17 @@ impl SharedStorage {
             source,
         };
         let mut file = tokio::fs::File::open(local).await.map_err(io)?;
-        let mut up = object_store::buffered::BufWriter::new(Arc::clone(&self.store), key);
+        let upload = |source| SharedError::Upload {
+            url: self.url.clone(),
+            key: key.to_string(),
+            source,
+        };
+        let mut up = object_store::buffered::BufWriter::new(Arc::clone(&self.store), key.clone());
         if let Err(e) = tokio::io::copy(&mut file, &mut up).await {
             let _ = up.abort().await;
-            return Err(SharedError::Local {
-                path: format!("uploading {}", local.display()),
-                source: e,
-            });
+            return Err(upload(e));
         }
-        up.shutdown().await.map_err(|e| SharedError::Local {
-            path: format!("uploading {}", local.display()),
-            source: e,
-        })
+        up.shutdown().await.map_err(upload)
     }
 
     /// Uploads every file under a local folder.
