@@ -1,8 +1,10 @@
 //! `cauce worker` as real processes on a PostgreSQL store (a schema of each test's own):
 //! attempts go to the workers of their queue, `cauce workers` lists them, a drained worker
 //! finishes what it runs, a `kill -9`ed worker's attempt is re-run elsewhere after its
-//! lease, a frozen worker's late result is rejected, and a soak with workers killed at
-//! random ends with exactly one success per task.
+//! lease, a frozen worker's late result is rejected, a soak with workers killed at random
+//! ends with exactly one success per task, the run survives a PostgreSQL restart, a
+//! coordinator whose run was taken over steps down, and machines that share no folder
+//! pass datasets and logs through an S3 bucket (moto's S3 server).
 
 use crate::common::{alive, latest_run, signal, Project};
 use serde_json::Value;
