@@ -1,6 +1,8 @@
 //! One attempt of one task: builds its [`TaskContext`] (log file, environment, template
-//! variables), runs the task kind with its timeout, and returns what happened. It writes
-//! nothing to the store; the run coordinator records the outcome.
+//! variables), runs the task kind with its timeout, and returns what happened. With an
+//! object store for shared data it also fetches the upstream datasets this machine lacks
+//! and uploads its own dataset and its log ([`crate::shared`]). It writes nothing to the
+//! store; the run coordinator (or the worker) records the outcome.
 
 use super::{RunInfo, Services};
 use crate::process::{LogFile, ProcessStats};
