@@ -260,10 +260,7 @@ impl Coordinator {
         let now = tokio::time::Instant::now();
         if now >= *next_heartbeat {
             *next_heartbeat = now + lease / 3;
-            self.check_still_owner().await?;
-            svc.store
-                .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
-                .await?;
+            self.heartbeat().await?;
             if self.remote {
                 self.requeue_lost().await?;
             }
@@ -301,7 +298,7 @@ impl Coordinator {
             }
         };
         tracing::info!(run = %self.run.id, "the store answers again");
-        self.check_still_owner().await?;
+        self.heartbeat().await?;
         self.last_poll = None; // the next poll reads everything again
         let now = now_ms();
         self.claimable = 0;
@@ -341,28 +338,35 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Steps down if another process has taken the run over (this one could not heartbeat
-    /// for longer than a lease, so the scheduling server resumed the run elsewhere): its
-    /// own attempts are stopped and not recorded, and the run is left to the new owner.
-    async fn check_still_owner(&mut self) -> Result<(), EngineError> {
+    /// Renews this coordinator's leases and its run's heartbeat. If the run is no longer
+    /// its own (it could not heartbeat for longer than a lease, so the scheduling server
+    /// resumed the run elsewhere), it steps down: its own attempts are stopped and not
+    /// recorded, and the run is left to the new owner.
+    async fn heartbeat(&mut self) -> Result<(), EngineError> {
         let svc = Arc::clone(&self.engine.services);
-        let Some(run) = svc.store.get_run(&self.run.id).await? else {
+        let lease = svc.project.settings.lease;
+        let beat = svc
+            .store
+            .heartbeat(Some(&self.run.id), &svc.owner, lease, now_ms())
+            .await?;
+        if beat.holds_run {
             return Ok(());
-        };
-        match run.owner {
-            Some(owner) if owner != svc.owner => {
-                tracing::warn!(run = %self.run.id, new_owner = %owner, "another process took this run over (this one lost the store for longer than a lease); stepping down");
-                self.cancel.cancel();
-                let grace = svc.project.settings.kill_grace + Duration::from_secs(1);
-                let _ = tokio::time::timeout(grace, async {
-                    while self.inflight.join_next().await.is_some() {}
-                })
-                .await;
-                self.inflight.abort_all();
-                Err(EngineError::TakenOver { owner })
-            }
-            _ => Ok(()),
         }
+        let owner = svc
+            .store
+            .get_run(&self.run.id)
+            .await?
+            .and_then(|r| r.owner)
+            .unwrap_or_else(|| "unknown".into());
+        tracing::warn!(run = %self.run.id, new_owner = %owner, "another process took this run over (this one lost the store for longer than a lease); stepping down");
+        self.cancel.cancel();
+        let grace = svc.project.settings.kill_grace + Duration::from_secs(1);
+        let _ = tokio::time::timeout(grace, async {
+            while self.inflight.join_next().await.is_some() {}
+        })
+        .await;
+        self.inflight.abort_all();
+        Err(EngineError::TakenOver { owner })
     }
 
     /// Records final states, then updates the view, wakes dependents and tells the UI. On
@@ -504,16 +508,13 @@ impl Coordinator {
             return Ok(());
         }
         let svc = Arc::clone(&self.engine.services);
-        let claimed = svc
-            .store
-            .claim_many(
-                Some(&self.run.id),
-                &svc.owner,
-                svc.project.settings.lease,
-                now,
-                want,
-            )
-            .await?;
+        let claim = ClaimRequest {
+            run_id: Some(&self.run.id),
+            queues: None,
+            lease: svc.project.settings.lease,
+            limit: want,
+        };
+        let claimed = svc.store.claim_many(&svc.owner, claim, now).await?;
         self.start_claimed(want, claimed);
         Ok(())
     }

@@ -91,10 +91,13 @@ pub async fn run(
         let free = slots.saturating_sub(inflight.len() + claimed.len());
         let mut full_claim = false;
         if !draining && free > 0 {
-            match store
-                .claim_from_queues(&opts.queues, &info.id, lease, now_ms(), free)
-                .await
-            {
+            let claim = ClaimRequest {
+                run_id: None,
+                queues: Some(&opts.queues),
+                lease,
+                limit: free,
+            };
+            match store.claim_many(&info.id, claim, now_ms()).await {
                 Ok(got) => {
                     full_claim = got.len() == free;
                     claimed.extend(got);

@@ -300,7 +300,8 @@ pub enum Next {
     },
 }
 
-/// Which attempts to claim after a result, in the same transaction.
+/// Which attempts to claim ([`Store::claim_many`], and after results in the same
+/// transaction).
 #[derive(Debug, Clone, Copy)]
 pub struct ClaimRequest<'a> {
     /// Only attempts of this run (`None`: any run).
@@ -311,6 +312,15 @@ pub struct ClaimRequest<'a> {
     pub lease: Duration,
     /// At most this many.
     pub limit: usize,
+}
+
+/// What a [`Store::heartbeat`] renewed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// How many attempt leases it extended.
+    pub leases: u64,
+    /// Whether `owner` still holds the run it was asked about (true without a run).
+    pub holds_run: bool,
 }
 
 /// One attempt's result to record, with what follows it ([`Store::complete_and_claim`]).
@@ -601,26 +611,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Resets tasks to `pending` with a fresh retry budget (`cauce retry`).
     async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()>;
 
-    /// Claims up to `limit` of the oldest claimable queued attempts (of one run, or of any),
-    /// each with a lease held by `owner`.
+    /// Claims up to `claim.limit` of the oldest claimable queued attempts (of one run or of
+    /// any, of some queues or of all), each with a lease held by `owner`. A worker claims
+    /// from its queues; a local coordinator from its run.
     async fn claim_many(
         &self,
-        run_id: Option<&str>,
         owner: &str,
-        lease: Duration,
+        claim: ClaimRequest<'_>,
         now: Millis,
-        limit: usize,
-    ) -> StoreResult<Vec<AttemptRecord>>;
-
-    /// Claims up to `limit` of the oldest claimable queued attempts of any run in `queues`
-    /// (a worker's claim).
-    async fn claim_from_queues(
-        &self,
-        queues: &[String],
-        owner: &str,
-        lease: Duration,
-        now: Millis,
-        limit: usize,
     ) -> StoreResult<Vec<AttemptRecord>>;
 
     /// Records a worker (again, after a restart with the same id).
@@ -640,23 +638,26 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease: Duration,
         now: Millis,
     ) -> StoreResult<Option<AttemptRecord>> {
-        Ok(self
-            .claim_many(run_id, owner, lease, now, 1)
-            .await?
-            .into_iter()
-            .next())
+        let claim = ClaimRequest {
+            run_id,
+            queues: None,
+            lease,
+            limit: 1,
+        };
+        Ok(self.claim_many(owner, claim, now).await?.into_iter().next())
     }
     /// Extends the leases of `owner`'s running attempts and the heartbeat of its runs: of
     /// one run (each coordinator vouches only for its own, so a run whose coordinator
-    /// stopped goes stale even while the process lives on), or all of them (`None`).
-    /// Returns how many leases it extended.
+    /// stopped goes stale even while the process lives on), or all of them (`None`). A
+    /// run that is no longer `owner`'s (another process took it over, or it ended) gets
+    /// nothing renewed, and the answer says so.
     async fn heartbeat(
         &self,
         run_id: Option<&str>,
         owner: &str,
         lease: Duration,
         now: Millis,
-    ) -> StoreResult<u64>;
+    ) -> StoreResult<Heartbeat>;
     /// Records an attempt's result and the task's next step, only if `owner` still holds
     /// the attempt's lease. Returns false (and changes nothing) otherwise.
     async fn complete(
@@ -691,8 +692,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Millis,
     ) -> StoreResult<Vec<AttemptRecord>> {
         self.enqueue(run_id, task_ids, now).await?;
-        self.claim_many(Some(run_id), owner, lease, now, limit)
-            .await
+        let claim = ClaimRequest {
+            run_id: Some(run_id),
+            queues: None,
+            lease,
+            limit,
+        };
+        self.claim_many(owner, claim, now).await
     }
 
     /// Marks `lost` every running attempt whose lease expired or whose owner is listed as

@@ -498,18 +498,20 @@ async fn enqueue_in(
     Ok(())
 }
 
-/// Claims up to `limit` queued attempts for `owner` (caller's transaction).
-#[allow(clippy::too_many_arguments)]
+/// Claims what `claim` asks for, for `owner` (caller's transaction).
 async fn claim_in(
     conn: &mut sqlx::AnyConnection,
     dialect: Dialect,
-    run_id: Option<&str>,
-    queues: Option<&[String]>,
     owner: &str,
-    lease: Duration,
+    claim: ClaimRequest<'_>,
     now: Millis,
-    limit: usize,
 ) -> StoreResult<Vec<AttemptRecord>> {
+    let ClaimRequest {
+        run_id,
+        queues,
+        lease,
+        limit,
+    } = claim;
     if limit == 0 || queues.is_some_and(|q| q.is_empty()) {
         return Ok(Vec::new());
     }
@@ -1034,17 +1036,13 @@ impl Store for SqlStore {
     ) -> StoreResult<Vec<AttemptRecord>> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
         enqueue_in(&mut tx, run_id, task_ids, now).await?;
-        let claimed = claim_in(
-            &mut tx,
-            self.dialect,
-            Some(run_id),
-            None,
-            owner,
+        let claim = ClaimRequest {
+            run_id: Some(run_id),
+            queues: None,
             lease,
-            now,
             limit,
-        )
-        .await?;
+        };
+        let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -1111,33 +1109,6 @@ impl Store for SqlStore {
         }
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn claim_from_queues(
-        &self,
-        queues: &[String],
-        owner: &str,
-        lease: Duration,
-        now: Millis,
-        limit: usize,
-    ) -> StoreResult<Vec<AttemptRecord>> {
-        if limit == 0 || queues.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let claimed = claim_in(
-            &mut tx,
-            self.dialect,
-            None,
-            Some(queues),
-            owner,
-            lease,
-            now,
-            limit,
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(claimed)
     }
 
     async fn register_worker(&self, w: &super::WorkerInfo, now: Millis) -> StoreResult<()> {
@@ -1221,27 +1192,15 @@ impl Store for SqlStore {
 
     async fn claim_many(
         &self,
-        run_id: Option<&str>,
         owner: &str,
-        lease: Duration,
+        claim: ClaimRequest<'_>,
         now: Millis,
-        limit: usize,
     ) -> StoreResult<Vec<AttemptRecord>> {
-        if limit == 0 {
+        if claim.limit == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        let claimed = claim_in(
-            &mut tx,
-            self.dialect,
-            run_id,
-            None,
-            owner,
-            lease,
-            now,
-            limit,
-        )
-        .await?;
+        let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -1252,7 +1211,23 @@ impl Store for SqlStore {
         owner: &str,
         lease: Duration,
         now: Millis,
-    ) -> StoreResult<u64> {
+    ) -> StoreResult<Heartbeat> {
+        let runs = sqlx::query(
+            "UPDATE runs SET heartbeat_at = $1 WHERE owner = $2 AND state = 'running' AND ($3 IS NULL OR id = $3)",
+        )
+        .bind(now)
+        .bind(owner)
+        .bind(run_id.map(String::from))
+        .execute(&self.pool)
+        .await?;
+        let holds_run = run_id.is_none() || runs.rows_affected() > 0;
+        if !holds_run {
+            // The run is no longer this owner's: nothing of it is renewed.
+            return Ok(Heartbeat {
+                leases: 0,
+                holds_run,
+            });
+        }
         let done = sqlx::query(
             "UPDATE attempts SET lease_until = $1 WHERE owner = $2 AND state = 'running' AND ($3 IS NULL OR run_id = $3)",
         )
@@ -1261,15 +1236,10 @@ impl Store for SqlStore {
         .bind(run_id.map(String::from))
         .execute(&self.pool)
         .await?;
-        sqlx::query(
-            "UPDATE runs SET heartbeat_at = $1 WHERE owner = $2 AND state = 'running' AND ($3 IS NULL OR id = $3)",
-        )
-        .bind(now)
-        .bind(owner)
-        .bind(run_id.map(String::from))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        Ok(Heartbeat {
+            leases: done.rows_affected(),
+            holds_run,
+        })
     }
 
     async fn complete(
@@ -1293,7 +1263,7 @@ impl Store for SqlStore {
         &self,
         owner: &str,
         done: &[Completion<'_>],
-        claim: super::ClaimRequest<'_>,
+        claim: ClaimRequest<'_>,
         now: Millis,
     ) -> StoreResult<(Vec<bool>, Vec<AttemptRecord>)> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
@@ -1307,17 +1277,7 @@ impl Store for SqlStore {
         let claimed = if !done.is_empty() && !recorded.iter().any(|r| *r) {
             Vec::new()
         } else {
-            claim_in(
-                &mut tx,
-                self.dialect,
-                claim.run_id,
-                claim.queues,
-                owner,
-                claim.lease,
-                now,
-                claim.limit,
-            )
-            .await?
+            claim_in(&mut tx, self.dialect, owner, claim, now).await?
         };
         tx.commit().await?;
         Ok((recorded, claimed))

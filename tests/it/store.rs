@@ -249,7 +249,8 @@ async fn leases_expire_and_late_results_are_rejected(s: &dyn Store) {
     assert_eq!(
         s.heartbeat(None, "alive", Duration::from_millis(1000), 90)
             .await
-            .unwrap(),
+            .unwrap()
+            .leases,
         1
     );
     assert_eq!(
@@ -260,7 +261,8 @@ async fn leases_expire_and_late_results_are_rejected(s: &dyn Store) {
             95
         )
         .await
-        .unwrap(),
+        .unwrap()
+        .leases,
         0,
         "a heartbeat for one run renews nothing of another"
     );
@@ -385,6 +387,26 @@ async fn concurrent_claims_never_share_an_attempt(s: Arc<dyn Store>) {
     );
 }
 
+/// A coordinator's claim: attempts of one run.
+fn run_claim(run_id: &str, limit: usize) -> store::ClaimRequest<'_> {
+    store::ClaimRequest {
+        run_id: Some(run_id),
+        queues: None,
+        lease: LEASE,
+        limit,
+    }
+}
+
+/// A worker's claim: attempts of any run on its queues.
+fn queue_claim(queues: &[String], limit: usize) -> store::ClaimRequest<'_> {
+    store::ClaimRequest {
+        run_id: None,
+        queues: Some(queues),
+        lease: LEASE,
+        limit,
+    }
+}
+
 async fn claim_many_takes_up_to_the_limit_in_queue_order(s: &dyn Store) {
     s.create_run(&new_run("m1", &["a", "b", "c"]), 0)
         .await
@@ -393,18 +415,18 @@ async fn claim_many_takes_up_to_the_limit_in_queue_order(s: &dyn Store) {
     s.enqueue("m1", &["c".into(), "a".into(), "b".into()], 0)
         .await
         .unwrap();
-    let two = s.claim_many(Some("m1"), "w", LEASE, 1, 2).await.unwrap();
+    let two = s.claim_many("w", run_claim("m1", 2), 1).await.unwrap();
     assert_eq!(
         two.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
         vec!["a", "b"]
     );
-    let rest = s.claim_many(Some("m1"), "w", LEASE, 1, 10).await.unwrap();
+    let rest = s.claim_many("w", run_claim("m1", 10), 1).await.unwrap();
     assert_eq!(
         rest.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
         vec!["c"]
     );
     assert!(s
-        .claim_many(Some("m1"), "w", LEASE, 1, 10)
+        .claim_many("w", run_claim("m1", 10), 1)
         .await
         .unwrap()
         .is_empty());
@@ -700,22 +722,19 @@ async fn workers_claim_from_their_queues(s: &dyn Store) {
         .await
         .unwrap();
     let etl = ["etl".to_string()];
-    let got = s.claim_from_queues(&etl, "w1", LEASE, 20, 5).await.unwrap();
+    let got = s.claim_many("w1", queue_claim(&etl, 5), 20).await.unwrap();
     assert_eq!(
         got.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
         ["c"]
     );
     let both = ["default".to_string(), "gpu".to_string()];
-    let got = s
-        .claim_from_queues(&both, "w2", LEASE, 20, 5)
-        .await
-        .unwrap();
+    let got = s.claim_many("w2", queue_claim(&both, 5), 20).await.unwrap();
     assert_eq!(
         got.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
         ["a", "b"]
     );
     assert!(s
-        .claim_from_queues(&[], "w3", LEASE, 20, 5)
+        .claim_many("w3", queue_claim(&[], 5), 20)
         .await
         .unwrap()
         .is_empty());
@@ -731,12 +750,12 @@ async fn workers_claim_from_their_queues(s: &dyn Store) {
         .await
         .unwrap());
     assert!(s
-        .claim_from_queues(&etl, "w1", LEASE, 40, 5)
+        .claim_many("w1", queue_claim(&etl, 5), 40)
         .await
         .unwrap()
         .is_empty());
     let gpu = ["gpu".to_string()];
-    let again = s.claim_from_queues(&gpu, "w4", LEASE, 40, 5).await.unwrap();
+    let again = s.claim_many("w4", queue_claim(&gpu, 5), 40).await.unwrap();
     assert_eq!((again[0].task_id.as_str(), again[0].number), ("b", 2));
 }
 
@@ -758,7 +777,7 @@ async fn workers_register_and_are_listed(s: &dyn Store) {
         .await
         .unwrap();
     let q = ["default".to_string()];
-    s.claim_from_queues(&q, "w1", LEASE, 110, 2).await.unwrap();
+    s.claim_many("w1", queue_claim(&q, 2), 110).await.unwrap();
     s.worker_heartbeat("w1", true, 200).await.unwrap();
     s.worker_stopped("w2", 150).await.unwrap();
     let list = s.workers(0).await.unwrap();
