@@ -311,34 +311,75 @@ impl SharedStorage {
         Ok(n)
     }
 
-    /// Downloads the datasets of task `task_id` (its own and its named outputs) that this
-    /// machine does not have yet.
-    pub async fn pull_datasets(
+    /// The dataset folders the bucket has for a run (`TASK`, `TASK@NAME`), by name.
+    async fn remote_datasets(
         &self,
         run_data_dir: &Path,
-        task_id: &str,
-    ) -> Result<usize, SharedError> {
+    ) -> Result<Vec<(String, Key)>, SharedError> {
         let Some(run_key) = self.key(run_data_dir) else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         let listing = self
             .store
             .list_with_delimiter(Some(&run_key))
             .await
             .map_err(|e| self.store_err(e))?;
-        let mut n = 0;
-        for p in listing.common_prefixes {
-            let Some(name) = p.filename() else { continue };
-            if crate::data::dataset::owner(name) != task_id {
+        Ok(listing
+            .common_prefixes
+            .into_iter()
+            .filter_map(|p| Some((p.filename()?.to_string(), p)))
+            .collect())
+    }
+
+    /// The tasks of a run the bucket has datasets of.
+    pub async fn tasks_with_datasets(
+        &self,
+        run_data_dir: &Path,
+    ) -> Result<std::collections::HashSet<String>, SharedError> {
+        Ok(self
+            .remote_datasets(run_data_dir)
+            .await?
+            .iter()
+            .map(|(name, _)| crate::data::dataset::owner(name).to_string())
+            .collect())
+    }
+
+    /// Downloads the datasets (their own and their named outputs) of those of `task_ids`
+    /// this machine has none of, with one listing of the run. Returns the files fetched per
+    /// task, for the tasks the bucket had something of.
+    pub async fn pull_datasets(
+        &self,
+        run_data_dir: &Path,
+        task_ids: &[String],
+    ) -> Result<Vec<(String, usize)>, SharedError> {
+        let missing: Vec<&String> = task_ids
+            .iter()
+            .filter(|t| {
+                !crate::data::dataset::exists(run_data_dir, t)
+                    && crate::data::dataset::outputs(run_data_dir, t).is_empty()
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut fetched: Vec<(String, usize)> = Vec::new();
+        for (name, key) in self.remote_datasets(run_data_dir).await? {
+            let owner = crate::data::dataset::owner(&name);
+            if !missing.iter().any(|t| t.as_str() == owner) {
                 continue;
             }
-            let Some(local) = self.local(&p) else {
+            let Some(local) = self.local(&key) else {
                 continue;
             };
-            if !local.is_dir() {
-                n += self.pull_tree(&local).await?;
+            if local.is_dir() {
+                continue;
+            }
+            let n = self.pull_tree(&local).await?;
+            match fetched.iter_mut().find(|(t, _)| t == owner) {
+                Some((_, total)) => *total += n,
+                None => fetched.push((owner.to_string(), n)),
             }
         }
-        Ok(n)
+        Ok(fetched)
     }
 }

@@ -201,18 +201,18 @@ pub async fn run_attempt(
     let shared = services.shared.clone();
     let mut setup_error = env_error;
     if let (Some(sh), None) = (&shared, &setup_error) {
-        for up in &task.depends_on {
-            match sh.pull_datasets(&ctx.data_dir, up).await {
-                Ok(0) => {}
-                Ok(n) => log.note(&format!(
-                    "fetched the dataset of `{up}` from shared storage ({n} files)"
-                )),
-                Err(e) => {
-                    setup_error = Some(TaskError::Failed(format!(
-                        "cannot fetch the dataset of `{up}` from shared storage: {e}"
-                    )));
-                    break;
+        match sh.pull_datasets(&ctx.data_dir, &task.depends_on).await {
+            Ok(fetched) => {
+                for (up, n) in fetched {
+                    log.note(&format!(
+                        "fetched the dataset of `{up}` from shared storage ({n} files)"
+                    ));
                 }
+            }
+            Err(e) => {
+                setup_error = Some(TaskError::Failed(format!(
+                    "cannot fetch the upstream datasets from shared storage: {e}"
+                )))
             }
         }
     }

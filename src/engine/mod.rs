@@ -44,6 +44,9 @@ pub enum EngineError {
     /// The run cannot be executed as asked.
     #[error("{0}")]
     Refused(String),
+    /// Shared storage (an `s3://` `shared_dir`) failed.
+    #[error(transparent)]
+    Shared(#[from] crate::shared::SharedError),
     /// Another process took the run over while this one could not reach the store; the
     /// run goes on there.
     #[error("another process ({owner}) took this run over while this one could not reach the store for longer than a lease; the run goes on there")]
@@ -477,6 +480,11 @@ impl Engine {
                 // lost one is re-queued when its lease runs out), never started twice.
                 let remote =
                     self.services.project.settings.executor == crate::project::Executor::Workers;
+                // Datasets this machine does not have but the shared bucket does are not gone.
+                let in_bucket = match &self.services.shared {
+                    Some(sh) => sh.tasks_with_datasets(&data_dir).await?,
+                    None => Default::default(),
+                };
                 tasks
                     .into_iter()
                     .filter(|t| {
@@ -491,6 +499,7 @@ impl Engine {
                             || info.pipeline.tasks.get(&t.task_id).is_some_and(|task| {
                                 task.action.produces_dataset()
                                     && !crate::data::dataset::exists(&data_dir, &t.task_id)
+                                    && !in_bucket.contains(&t.task_id)
                             })
                     })
                     .map(|t| t.task_id)

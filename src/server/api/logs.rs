@@ -23,6 +23,9 @@ const DEFAULT_LIMIT: u64 = 256 * 1024;
 const MAX_LIMIT: u64 = 4 * 1024 * 1024;
 /// How often a followed log is looked at.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// How often a followed log written on another machine is fetched again (its writer
+/// uploads it every 2 s).
+const REMOTE_LOG_EVERY: Duration = Duration::from_secs(2);
 
 /// Which part of which attempt's log.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -214,6 +217,7 @@ pub async fn read(
             path,
             offset,
             done: false,
+            pulled: None,
         };
         return Ok(follow(cursor).into_response());
     }
@@ -244,6 +248,8 @@ struct Cursor {
     path: PathBuf,
     offset: u64,
     done: bool,
+    /// When the log was last fetched from shared storage.
+    pulled: Option<tokio::time::Instant>,
 }
 
 impl Cursor {
@@ -295,8 +301,13 @@ fn follow(
                         .find(|a| a.task_id == c.task_id && a.number == c.number)
                 });
             if let Some(a) = &attempt {
-                // A log written on another machine: its latest copy from shared storage.
-                c.state.services().attempt_log_local(a).await;
+                // A log written on another machine: its latest copy from shared storage, as
+                // often as the writer uploads it (and once more at the end).
+                let due = c.pulled.is_none_or(|t| t.elapsed() >= REMOTE_LOG_EVERY);
+                if due || a.state.is_final() {
+                    c.state.services().attempt_log_local(a).await;
+                    c.pulled = Some(tokio::time::Instant::now());
+                }
             }
             match attempt.map(|a| a.state) {
                 Some(s) if !s.is_final() => tokio::time::sleep(FOLLOW_POLL).await,

@@ -357,6 +357,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Store(s) => s.into(),
             EngineError::Refused(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            e @ EngineError::Shared(_) => ApiError::internal(e.to_string()),
             e @ EngineError::TakenOver { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
