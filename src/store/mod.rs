@@ -608,7 +608,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         updates: &[(String, TaskState, Option<String>)],
         now: Millis,
     ) -> StoreResult<Vec<String>>;
-    /// Resets tasks to `pending` with a fresh retry budget (`cauce retry`).
+    /// Resets these tasks, whatever their state, to `pending` with a fresh retry budget
+    /// (`cauce retry`: the engine chooses which: what did not succeed, a succeeded data
+    /// task whose dataset is gone, or one task and what is downstream of it).
     async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()>;
 
     /// Claims up to `claim.limit` of the oldest claimable queued attempts (of one run or of

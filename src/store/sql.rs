@@ -1096,7 +1096,7 @@ impl Store for SqlStore {
     async fn reset_tasks(&self, run_id: &str, task_ids: &[String]) -> StoreResult<()> {
         let mut tx = self.pool.begin_with(self.begin_sql()).await?;
         for task in task_ids {
-            sqlx::query("UPDATE task_runs SET state = 'pending', budget_base = attempts, ended_at = NULL, error = NULL, output = NULL, metrics = NULL WHERE run_id = $1 AND task_id = $2 AND state <> 'success'")
+            sqlx::query("UPDATE task_runs SET state = 'pending', budget_base = attempts, ended_at = NULL, error = NULL, output = NULL, metrics = NULL WHERE run_id = $1 AND task_id = $2")
                 .bind(run_id)
                 .bind(task)
                 .execute(&mut *tx)

@@ -494,3 +494,33 @@ tasks:
     let s = p.status(&latest_run(&p));
     assert_eq!(task(&s, "orders")["metrics"]["rows_out"], 1_500_000);
 }
+
+#[test]
+fn a_retry_runs_again_a_succeeded_extract_whose_dataset_is_gone() {
+    let p = Project::new();
+    p.write("sales.csv", SALES);
+    p.pipeline(
+        "gone",
+        "tasks:\n  raw: {extract: {source: csv, path: sales.csv}}\n  check: {depends_on: [raw], run: \"test -f go\"}\n",
+    );
+    let r = p.run(&["run", "gone"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let id = latest_run(&p);
+    let first = p.status(&id);
+    assert_eq!(task(&first, "raw")["state"], "success", "{first}");
+    assert_eq!(task(&first, "check")["state"], "failed", "{first}");
+    // What `data.retention` does to an old run's datasets.
+    std::fs::remove_dir_all(p.path().join(format!(".cauce/data/{id}/raw"))).unwrap();
+    p.write("go", "");
+    let r = p.run(&["retry", &id]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let status = p.status(&id);
+    let tries: Vec<&serde_json::Value> = status["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["task_id"] == "raw")
+        .collect();
+    assert_eq!(tries.len(), 2, "the extract ran again: {status}");
+    assert!(p.path().join(format!(".cauce/data/{id}/raw")).is_dir());
+}

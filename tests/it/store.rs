@@ -341,13 +341,20 @@ async fn finalize_and_reset(s: &dyn Store) {
         s.claim(Some("f1"), "w", LEASE, 3).await.unwrap().is_none(),
         "queued attempt of a cancelled task is gone"
     );
-    s.reset_tasks("f1", &["a".into(), "b".into(), "c".into()])
+    s.reset_tasks("f1", &["b".into(), "c".into()])
         .await
         .unwrap();
     let t = s.task_runs("f1").await.unwrap();
-    assert_eq!(t[0].state, TaskState::Success);
+    assert_eq!(t[0].state, TaskState::Success, "a task not named is kept");
     assert_eq!(
         (t[1].state, t[1].budget_base, t[1].error.as_deref()),
+        (TaskState::Pending, 1, None)
+    );
+    // A succeeded task is reset when named (its dataset is gone, or it is run again).
+    s.reset_tasks("f1", &["a".into()]).await.unwrap();
+    let t = s.task_runs("f1").await.unwrap();
+    assert_eq!(
+        (t[0].state, t[0].budget_base, t[0].output.as_ref()),
         (TaskState::Pending, 1, None)
     );
     s.take_run("f1", "other", 5).await.unwrap();

@@ -741,6 +741,28 @@ fn datasets_and_logs_cross_machines_through_an_s3_bucket() {
         reports.contains(&format!("cluster/reports/{id}.json")),
         "{reports:?}"
     );
+
+    // A failed run retried from C, which has none of the datasets: the extract that
+    // succeeded on A is not run again (its dataset is in the bucket); B fetches it.
+    c.pipeline(
+        "flaky",
+        "tasks:\n\
+         \x20 orders: {queue: a, extract: {source: csv, path: input/orders.csv}}\n\
+         \x20 check: {queue: b, depends_on: [orders], run: \"test -f go\"}\n",
+    );
+    let r = c.run(&["run", "flaky"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let failed = latest_run(&c);
+    c.write("pipelines/go", "");
+    let r = c.run(&["retry", &failed]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let st = c.status(&failed);
+    assert_eq!(attempts_of(&st, "orders").len(), 1, "not run again: {st}");
+    assert_eq!(st["run"]["state"], "success", "{st}");
+    assert!(!c
+        .path()
+        .join(format!(".cauce/data/{failed}/orders"))
+        .exists());
 }
 
 #[test]
