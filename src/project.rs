@@ -563,10 +563,14 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
     match raw.shared_dir {
         Some(v) if crate::shared::is_url(&v) => {
             if let Err(e) = crate::shared::SharedStorage::open(&v, Path::new("."), &[]) {
+                let why = match e {
+                    crate::shared::SharedError::BadUrl { url, why } => format!("`{url}`: {why}"),
+                    other => other.to_string(),
+                };
                 errors.push(SpecError::new(
                     Location::file(file),
                     Some("shared_dir".into()),
-                    e.to_string(),
+                    why,
                 ));
             }
             s.shared_url = Some(v);
@@ -577,7 +581,15 @@ fn read_settings(file: &Path) -> Result<Settings, SpecErrors> {
         }
         None => {}
     }
-    for (k, v) in raw.shared_options.unwrap_or_default() {
+    let options = raw.shared_options.unwrap_or_default();
+    if !options.is_empty() && s.shared_url.is_none() {
+        errors.push(SpecError::new(
+            Location::file(file),
+            Some("shared_options".into()),
+            "applies only to an object-store `shared_dir` (s3://bucket/prefix)".to_string(),
+        ));
+    }
+    for (k, v) in options {
         if let Err(e) = crate::shared::option_key(&k) {
             errors.push(SpecError::new(
                 Location::file(file),

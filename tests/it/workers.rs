@@ -785,6 +785,20 @@ fn a_bad_shared_storage_setting_is_a_located_error() {
     let r = p.run(&["validate"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("shared_options.endpoit"), "{}", r.stderr);
+    p.write(
+        "cauce.yaml",
+        "shared_dir: shared
+shared_options:
+  region: eu-west-1
+",
+    );
+    let r = p.run(&["validate"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("applies only to an object-store"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
