@@ -1,4 +1,4 @@
-//! Datasets: the output of an `extract`, `sql` (or `validate`) task, materialised as zstd
+//! Datasets: the output of an `extract`, `sql` (or `validate`) task, materialised as LZ4
 //! Parquet files in a folder named by the task id under the run's data folder
 //! (`.cauce/data/RUN/TASK/`); a task's named extra outputs are folders `TASK@NAME`. A dataset is written under a temporary name and renamed when
 //! complete, so a folder with the task's name is always a whole dataset; a retried run finds
@@ -85,6 +85,18 @@ pub fn writer_options(df: &DataFrame, compression: &str) -> TableParquetOptions 
         ..Default::default()
     };
     o.global.compression = Some(compression.to_string());
+    o
+}
+
+/// How datasets are encoded: LZ4, and no dictionaries. A dataset is read once or twice by
+/// the tasks of the same run, so it is written for speed: dictionary encoding cost the
+/// writer more than the rest of the encoding together on text columns of many distinct
+/// values (a 5-million-row extract went from 4.3 s to 2.3 s without it, and LZ4 from zstd
+/// saved 0.3 s more), at about twice the bytes of zstd. `lz4_raw` is the LZ4 framing every
+/// current Parquet reader takes (DuckDB, pyarrow, Spark).
+pub fn dataset_options(df: &DataFrame) -> TableParquetOptions {
+    let mut o = writer_options(df, "lz4_raw");
+    o.global.dictionary_enabled = Some(false);
     o
 }
 
@@ -176,7 +188,7 @@ pub async fn write(
     let df = super::types::normalize(df)?;
     let schema = df.schema().inner().clone();
     let path = format!("{}/", tmp.display());
-    let opts = writer_options(&df, "zstd(1)");
+    let opts = dataset_options(&df);
     let batches = df
         .write_parquet(&path, DataFrameWriteOptions::new(), Some(opts))
         .await

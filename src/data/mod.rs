@@ -10,6 +10,7 @@
 pub mod dataset;
 pub mod memory;
 pub mod mysql;
+pub mod partitioned;
 pub mod postgres;
 pub mod records;
 pub mod stream;

@@ -102,6 +102,128 @@ fn rerunning_a_date_replaces_its_partitions() {
 }
 
 #[test]
+fn a_partitioned_load_on_two_threads_with_more_partitions_than_open_files_keeps_every_row() {
+    let p = Project::new();
+    // 64 MiB of memory: the writer keeps at most 16 files open, fewer than the 60
+    // partitions this load feeds at once, so files are finished and reopened as it goes.
+    p.write(
+        "cauce.yaml",
+        "name: test\ndata:\n  max_memory: 64MiB\n  threads: 2\n",
+    );
+    let mut csv = String::from("id,region,month,amount\n");
+    for i in 0..120_000u64 {
+        let region = ["norte", "sur", "este", "oeste", "centro", "islas"][(i % 6) as usize];
+        csv.push_str(&format!(
+            "{i},{region},{},{}.{:02}\n",
+            i / 6 % 10 + 1,
+            i % 997,
+            i % 100
+        ));
+    }
+    p.write("data/sales.csv", &csv);
+    p.pipeline(
+        "wide",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/sales.csv, columns: {amount: "decimal(10,2)"}}
+  save:
+    depends_on: [raw]
+    load: {sink: parquet, path: warehouse/by_region/, partition_by: [region, month]}
+"#,
+    );
+    let r = p.run(&["run", "wide"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = py(
+        p.path(),
+        r#"
+import duckdb, glob, pyarrow.parquet as pq
+print(duckdb.sql("select count(*), count(distinct id), sum(amount) from read_parquet('warehouse/by_region/**/*.parquet', hive_partitioning=true)").fetchall())
+print(duckdb.sql("select count(*) from read_csv('data/sales.csv') c join read_parquet('warehouse/by_region/**/*.parquet', hive_partitioning=true) w on c.id = w.id and c.region = w.region and c.month = w.month and c.amount = w.amount").fetchall())
+leaves = sorted(set(f.rsplit('/', 1)[0] for f in glob.glob('warehouse/by_region/*/*/*.parquet')))
+print(len(leaves), leaves[0])
+files = glob.glob('warehouse/by_region/*/*/*.parquet')
+print(len(files) > len(leaves), sorted(pq.read_schema(files[0]).names))
+"#,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    let expected: u64 = (0..120_000u64).map(|i| (i % 997) * 100 + i % 100).sum();
+    assert_eq!(
+        lines[0],
+        format!(
+            "[(120000, 120000, Decimal('{}.{:02}'))]",
+            expected / 100,
+            expected % 100
+        ),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1], "[(120000,)]",
+        "every row in its own partition: {out}"
+    );
+    assert_eq!(
+        lines[2], "60 warehouse/by_region/region=centro/month=1",
+        "{out}"
+    );
+    // Files were finished and reopened (more files than partitions); the partition columns
+    // are in the folder names, not in the files.
+    assert_eq!(lines[3], "True ['amount', 'id']", "{out}");
+}
+
+#[test]
+fn partition_values_that_are_null_or_look_like_paths_stay_inside_the_target() {
+    let p = Project::new();
+    p.write(
+        "data/in.csv",
+        "id,zone\n1,../../escape\n2,a/b\n3,\n4,norte\n5,..\n",
+    );
+    p.pipeline(
+        "odd",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/in.csv}
+  save:
+    depends_on: [raw]
+    load: {sink: parquet, path: out/by_zone/, partition_by: [zone]}
+"#,
+    );
+    let r = p.run(&["run", "odd"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let mut dirs: Vec<String> = std::fs::read_dir(p.path().join("out/by_zone"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(
+        dirs,
+        [
+            "zone=..",
+            "zone=..%2F..%2Fescape",
+            "zone=__HIVE_DEFAULT_PARTITION__",
+            "zone=a%2Fb",
+            "zone=norte"
+        ],
+        "one folder per value, right below the target"
+    );
+    assert!(!p.path().join("escape").exists() && !p.path().join("out/escape").exists());
+    // pyarrow reads the null partition back as null, and the escaped values as written.
+    let out = py(
+        p.path(),
+        r#"
+import pyarrow.dataset as ds
+t = ds.dataset('out/by_zone', format='parquet', partitioning='hive').to_table()
+print(sorted(zip(t.column('id').to_pylist(), t.column('zone').to_pylist())))
+"#,
+    );
+    assert_eq!(
+        out.trim(),
+        "[(1, '../../escape'), (2, 'a/b'), (3, None), (4, 'norte'), (5, '..')]",
+        "{out}"
+    );
+}
+
+#[test]
 fn latin1_semicolon_csv_with_formats_and_null_markers() {
     let p = Project::new();
     std::fs::create_dir_all(p.path().join("data")).unwrap();
@@ -441,12 +563,13 @@ tasks:
     extract: {source: csv, path: data/o.csv, incremental: {cursor: updated_at}}
   save:
     depends_on: [orders]
-    load: {sink: parquet, path: out/o.parquet}
+    load: {sink: parquet, path: out/o.parquet, compression: none}
 "#,
     );
     assert_eq!(p.run(&["run", "o"]).code, 0);
     let before = std::fs::read(p.path().join("out/o.parquet")).unwrap();
-    // Many new rows, so that the load takes a while; Ctrl-C once it is writing.
+    // Many new rows, so that the load takes a while; Ctrl-C once it is writing (the staging
+    // file appears once the writer has 10 MiB to put in it: uncompressed, that is early).
     let mut csv = String::from("id,updated_at,note\n");
     for i in 0..1_500_000u64 {
         csv.push_str(&format!(

@@ -1,0 +1,443 @@
+//! Hive-partitioned Parquet writing, for the `parquet` sink's `partition_by`: rows are split
+//! by the values of the partition columns into `col=value/` folders, one file per partition
+//! (per writer opening, see below), the partition columns left out of the files as Hive,
+//! Spark, DuckDB and pyarrow expect. What it owns: splitting, buffering, encoding in
+//! parallel and the memory that takes. What it does not: where the folder goes and what a
+//! load replaces (the sink moves the finished folder into place), the store.
+//!
+//! How: the query's output is read as `threads` streams at once. Each stream task keys every
+//! row by its partition values (Arrow's row format, so any column type works), gathers the
+//! rows of each partition in a buffer of its own and, once a buffer is worth it, hands it to
+//! that partition's Parquet writer, shared by all streams behind a lock: encoding runs on
+//! every core, and a partition gets one file, however many streams fed it. DataFusion's own
+//! hive writer formats every row's key as a string and splits each batch into as many
+//! slivers as it has partitions, all on one thread; this one wrote the benchmark's
+//! warehouse (4.6 million rows into 90 days) in 4.0 s instead of 8.1 s.
+//!
+//! Memory: each stream's buffers are capped (`buffer_bytes`); each open writer holds its row
+//! group in progress (capped by the writer properties' `max_row_group_bytes`). At most
+//! `max_open` files are open at once: past that, the writer written to longest ago finishes
+//! its file and a later row of that partition opens another (`-1.parquet`, `-2`...), so a load
+//! into thousands of partitions stays bounded too, at the price of more files. A null
+//! partition value is written as `__HIVE_DEFAULT_PARTITION__`, as Hive and pyarrow do.
+
+use super::DataError;
+use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
+use datafusion::arrow::compute::{concat_batches, take_record_batch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::HashMap;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
+use datafusion::prelude::DataFrame;
+use futures_util::StreamExt;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The folder name of a null partition value.
+pub const NULL_PARTITION: &str = "__HIVE_DEFAULT_PARTITION__";
+
+/// Rows a partition's buffer gathers before it is encoded (fewer when the stream's buffers
+/// are full): enough that the encoder's per-call cost is small.
+const FLUSH_ROWS: usize = 8192;
+
+/// How a partitioned write is done.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Partition columns, outermost first.
+    pub partition_by: Vec<String>,
+    /// The Parquet writer's settings (compression, row group limits).
+    pub props: WriterProperties,
+    /// Streams read and encoded at once.
+    pub threads: usize,
+    /// Bytes of rows one stream may hold in its buffers.
+    pub buffer_bytes: usize,
+    /// Files open at once.
+    pub max_open: usize,
+    /// Names the files of this write apart from any already in the target.
+    pub write_id: String,
+}
+
+/// One partition's writer.
+struct Part {
+    dir: PathBuf,
+    writer: Option<ArrowWriter<BufWriter<std::fs::File>>>,
+    /// Files opened so far.
+    files: usize,
+    /// When it was last written to (a counter).
+    used: u64,
+}
+
+/// What all streams share.
+struct Shared {
+    root: PathBuf,
+    schema: SchemaRef,
+    opts: Options,
+    parts: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_key: HashMap<Vec<u8>, Arc<Mutex<Part>>>,
+    open: usize,
+    clock: u64,
+}
+
+fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataError {
+    DataError::io(what, e)
+}
+
+impl Shared {
+    /// The writer of the partition with row key `key`, whose folder is `rel`.
+    fn part(&self, key: &[u8], rel: impl FnOnce() -> PathBuf) -> Arc<Mutex<Part>> {
+        let mut reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = reg.by_key.get(key) {
+            return p.clone();
+        }
+        let p = Arc::new(Mutex::new(Part {
+            dir: self.root.join(rel()),
+            writer: None,
+            files: 0,
+            used: 0,
+        }));
+        reg.by_key.insert(key.to_vec(), p.clone());
+        p
+    }
+
+    /// Writes `batch` into `part`'s file, opening one (and finishing another if too many
+    /// are open) when needed.
+    fn write(&self, part: &Mutex<Part>, batch: &RecordBatch) -> Result<(), DataError> {
+        let mut p = part.lock().unwrap_or_else(|p| p.into_inner());
+        let too_many = {
+            let mut reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            reg.clock += 1;
+            p.used = reg.clock;
+            if p.writer.is_none() {
+                reg.open += 1;
+            }
+            p.writer.is_none() && reg.open > self.opts.max_open
+        };
+        if too_many {
+            // `p` is locked here, so it is never the one chosen.
+            self.finish_oldest()?;
+        }
+        if p.writer.is_none() {
+            std::fs::create_dir_all(&p.dir)
+                .map_err(|e| io(format!("cannot create {}", p.dir.display()), e))?;
+            let name = match p.files {
+                0 => format!("{}.parquet", self.opts.write_id),
+                n => format!("{}-{n}.parquet", self.opts.write_id),
+            };
+            let path = p.dir.join(name);
+            let f = std::fs::File::create(&path)
+                .map_err(|e| io(format!("cannot create {}", path.display()), e))?;
+            let w = ArrowWriter::try_new(
+                BufWriter::with_capacity(64 << 10, f),
+                self.schema.clone(),
+                Some(self.opts.props.clone()),
+            )
+            .map_err(|e| io(format!("writing {}", path.display()), e))?;
+            p.writer = Some(w);
+            p.files += 1;
+        }
+        let Part { dir, writer, .. } = &mut *p;
+        if let Some(w) = writer.as_mut() {
+            w.write(batch)
+                .map_err(|e| io(format!("writing into {}", dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Finishes the file of the open writer used longest ago among those no other stream
+    /// is writing to at this moment (never waiting for a lock, so never a deadlock).
+    fn finish_oldest(&self) -> Result<(), DataError> {
+        let mut candidates: Vec<(u64, Arc<Mutex<Part>>)> = {
+            let reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+            reg.by_key
+                .values()
+                .filter_map(|p| {
+                    let g = p.try_lock().ok()?;
+                    g.writer.as_ref()?;
+                    Some((g.used, p.clone()))
+                })
+                .collect()
+        };
+        candidates.sort_by_key(|(used, _)| *used);
+        for (_, c) in candidates {
+            let Ok(mut g) = c.try_lock() else {
+                continue;
+            };
+            if finish(&mut g)? {
+                let mut reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+                reg.open = reg.open.saturating_sub(1);
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finishes `p`'s open file, if any.
+fn finish(p: &mut Part) -> Result<bool, DataError> {
+    match p.writer.take() {
+        Some(w) => {
+            w.close()
+                .map_err(|e| io(format!("writing into {}", p.dir.display()), e))?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// The relative folder of the partition whose values are row `row` of `cols`.
+fn partition_dir(
+    names: &[String],
+    cols: &[ArrayRef],
+    row: usize,
+    fmt: &FormatOptions,
+) -> Result<PathBuf, DataError> {
+    let mut dir = PathBuf::new();
+    for (name, col) in names.iter().zip(cols) {
+        let value = if col.is_null(row) {
+            NULL_PARTITION.to_string()
+        } else {
+            ArrayFormatter::try_new(col.as_ref(), fmt)
+                .map_err(|e| DataError::Invalid(format!("cannot partition by `{name}`: {e}")))?
+                .value(row)
+                .to_string()
+        };
+        // Percent-encodes `/`, `\` and the characters object stores avoid, as DataFusion
+        // and Spark do, so a value can never climb out of the folder.
+        let part = object_store::path::PathPart::from(format!("{name}={value}"));
+        dir.push(part.as_ref());
+    }
+    Ok(dir)
+}
+
+/// One partition's rows gathered by one stream.
+struct Buffer {
+    part: Arc<Mutex<Part>>,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Buffer {
+    fn flush(&mut self, shared: &Shared) -> Result<(), DataError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let batch = if self.batches.len() == 1 {
+            self.batches
+                .pop()
+                .unwrap_or_else(|| RecordBatch::new_empty(shared.schema.clone()))
+        } else {
+            concat_batches(&shared.schema, &self.batches)
+                .map_err(|e| io("gathering a partition's rows", e))?
+        };
+        self.batches.clear();
+        self.rows = 0;
+        self.bytes = 0;
+        shared.write(&self.part, &batch)
+    }
+}
+
+/// Reads one stream to its end, writing its rows into the partitions.
+async fn run_stream(
+    shared: Arc<Shared>,
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    key_cols: Vec<usize>,
+    keep_cols: Vec<usize>,
+) -> Result<u64, DataError> {
+    let input_schema = stream.schema();
+    let converter = RowConverter::new(
+        key_cols
+            .iter()
+            .map(|&i| SortField::new(input_schema.field(i).data_type().clone()))
+            .collect(),
+    )
+    .map_err(|e| DataError::Invalid(format!("cannot partition by these columns: {e}")))?;
+    let fmt = FormatOptions::default();
+    let mut slots: HashMap<Vec<u8>, usize> = HashMap::default();
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut indices: Vec<Vec<u32>> = Vec::new();
+    let mut held = 0usize;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch =
+            batch.map_err(|e| DataError::from_datafusion("reading the rows to write", e))?;
+        let n = batch.num_rows();
+        if n == 0 {
+            continue;
+        }
+        rows += n as u64;
+        let cols: Vec<ArrayRef> = key_cols.iter().map(|&i| batch.column(i).clone()).collect();
+        let keys = converter
+            .convert_columns(&cols)
+            .map_err(|e| io("computing partition keys", e))?;
+        let data = batch
+            .project(&keep_cols)
+            .map_err(|e| io("dropping the partition columns", e))?;
+        for idx in &mut indices {
+            idx.clear();
+        }
+        for row in 0..n {
+            let key = keys.row(row);
+            let slot = match slots.get(key.as_ref()) {
+                Some(&s) => s,
+                None => {
+                    let names = &shared.opts.partition_by;
+                    let mut err = None;
+                    let part = shared.part(key.as_ref(), || {
+                        partition_dir(names, &cols, row, &fmt).unwrap_or_else(|e| {
+                            err = Some(e);
+                            PathBuf::new()
+                        })
+                    });
+                    if let Some(e) = err {
+                        return Err(e);
+                    }
+                    buffers.push(Buffer {
+                        part,
+                        batches: Vec::new(),
+                        rows: 0,
+                        bytes: 0,
+                    });
+                    indices.push(Vec::new());
+                    slots.insert(key.as_ref().to_vec(), buffers.len() - 1);
+                    buffers.len() - 1
+                }
+            };
+            indices[slot].push(row as u32);
+        }
+        for (slot, idx) in indices.iter().enumerate() {
+            if idx.is_empty() {
+                continue;
+            }
+            let piece = if idx.len() == n {
+                data.clone()
+            } else {
+                take_record_batch(&data, &UInt32Array::from(idx.clone()))
+                    .map_err(|e| io("splitting rows by partition", e))?
+            };
+            let b = &mut buffers[slot];
+            let size = piece.get_array_memory_size();
+            b.rows += piece.num_rows();
+            b.bytes += size;
+            held += size;
+            b.batches.push(piece);
+            if b.rows >= FLUSH_ROWS {
+                held -= b.bytes;
+                b.flush(&shared)?;
+            }
+        }
+        if held > shared.opts.buffer_bytes {
+            // Encode the fullest buffers until half the budget is free.
+            let mut order: Vec<usize> = (0..buffers.len()).collect();
+            order.sort_by_key(|&i| std::cmp::Reverse(buffers[i].bytes));
+            for i in order {
+                if held <= shared.opts.buffer_bytes / 2 {
+                    break;
+                }
+                held -= buffers[i].bytes;
+                buffers[i].flush(&shared)?;
+            }
+        }
+        // Encoding is CPU work on this thread; let other tasks in between batches.
+        tokio::task::yield_now().await;
+    }
+    for b in &mut buffers {
+        b.flush(&shared)?;
+    }
+    Ok(rows)
+}
+
+/// Writes `df` under `root` partitioned by `opts.partition_by`; returns the rows written.
+/// Nothing is created under `root` when there are no rows.
+pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, DataError> {
+    let task_ctx = Arc::new(df.task_ctx());
+    let mut plan: Arc<dyn ExecutionPlan> = df
+        .create_physical_plan()
+        .await
+        .map_err(|e| DataError::from_datafusion("planning the write", e))?;
+    let threads = opts.threads.max(1);
+    if plan.output_partitioning().partition_count() < threads {
+        plan = Arc::new(
+            RepartitionExec::try_new(plan, Partitioning::RoundRobinBatch(threads))
+                .map_err(|e| DataError::from_datafusion("planning the write", e))?,
+        );
+    }
+    // The batches' own schema (the plan's), which the files must match exactly.
+    let schema = plan.schema();
+    let mut key_cols = Vec::new();
+    for p in &opts.partition_by {
+        let i = schema
+            .index_of(p)
+            .map_err(|_| DataError::Invalid(format!("`partition_by` column `{p}` is missing")))?;
+        key_cols.push(i);
+    }
+    let keep_cols: Vec<usize> = (0..schema.fields().len())
+        .filter(|i| !key_cols.contains(i))
+        .collect();
+    if keep_cols.is_empty() {
+        return Err(DataError::Invalid(
+            "`partition_by` names every column: the files would have none left".into(),
+        ));
+    }
+    let file_schema = Arc::new(
+        schema
+            .project(&keep_cols)
+            .map_err(|e| io("dropping the partition columns", e))?,
+    );
+    let shared = Arc::new(Shared {
+        root: root.to_path_buf(),
+        schema: file_schema,
+        opts,
+        parts: Mutex::new(Registry::default()),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..plan.output_partitioning().partition_count() {
+        let stream = plan
+            .execute(i, task_ctx.clone())
+            .map_err(|e| DataError::from_datafusion("reading the rows to write", e))?;
+        tasks.spawn(run_stream(
+            shared.clone(),
+            stream,
+            key_cols.clone(),
+            keep_cols.clone(),
+        ));
+    }
+    let mut rows = 0;
+    while let Some(r) = tasks.join_next().await {
+        rows += r.map_err(|e| io("a writer stopped", e))??;
+    }
+    // Finish every file, on as many threads as there were streams.
+    let parts: Vec<Arc<Mutex<Part>>> = shared
+        .parts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .by_key
+        .values()
+        .cloned()
+        .collect();
+    let chunk = parts.len().div_ceil(threads).max(1);
+    let mut closers = tokio::task::JoinSet::new();
+    for group in parts.chunks(chunk) {
+        let group = group.to_vec();
+        closers.spawn_blocking(move || {
+            for p in group {
+                finish(&mut p.lock().unwrap_or_else(|p| p.into_inner()))?;
+            }
+            Ok::<(), DataError>(())
+        });
+    }
+    while let Some(r) = closers.join_next().await {
+        r.map_err(|e| io("a writer stopped", e))??;
+    }
+    Ok(rows)
+}
