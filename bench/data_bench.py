@@ -151,6 +151,8 @@ def main():
             depends_on: [sales]
             load: {{sink: postgres, url: "{pg}", table: bench_l1_cauce, mode: replace}}
         """
+        # Both loads start from no table (cauce creates its own, inside its timing).
+        subprocess.run(["psql", pg, "-q", "-c", "DROP TABLE IF EXISTS bench_l1_cauce"], check=True)
         c = cauce(bin_, work, "l1", l1)
         ddl = (
             "DROP TABLE IF EXISTS bench_l1_psql; CREATE TABLE bench_l1_psql (order_id bigint, "

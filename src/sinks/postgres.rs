@@ -40,10 +40,8 @@ use datafusion::arrow::datatypes::{DataType, Field, TimeUnit};
 use futures_util::StreamExt;
 use marked_yaml::Node;
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{IsNull, Kind, ToSql, Type};
+use tokio_postgres::types::{Kind, Type};
 use tokio_util::bytes::{BufMut, BytesMut};
 
 /// What a load does to the rows already in the table.
@@ -391,72 +389,95 @@ impl Enc {
     }
 }
 
-/// One value of a row being copied.
-#[derive(Debug)]
-struct Cell<'a> {
-    enc: &'a Enc,
-    row: usize,
-    bytes: &'a AtomicU64,
-}
+/// The signature, flags and header extension that open a binary COPY stream.
+const COPY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 
-impl ToSql for Cell<'_> {
-    fn to_sql(
-        &self,
-        _ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        if self.enc.is_null(self.row) {
-            return Ok(IsNull::Yes);
+/// Appends the rows of one batch to `out` in binary COPY format: per row the field count,
+/// then per field its length (-1 for null) and bytes.
+fn encode_rows(encs: &[Enc], rows: usize, out: &mut BytesMut) {
+    let fields = encs.len() as i16;
+    for row in 0..rows {
+        out.put_i16(fields);
+        for enc in encs {
+            if enc.is_null(row) {
+                out.put_i32(-1);
+                continue;
+            }
+            let at = out.len();
+            out.put_i32(0);
+            enc.encode(row, out);
+            let len = (out.len() - at - 4) as i32;
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
-        let before = out.len();
-        self.enc.encode(self.row, out);
-        self.bytes
-            .fetch_add((out.len() - before) as u64 + 4, Ordering::Relaxed);
-        Ok(IsNull::No)
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    fn to_sql_checked(
-        &self,
-        ty: &Type,
-        out: &mut BytesMut,
-    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        self.to_sql(ty, out)
     }
 }
 
-/// The values of one row, in column order (a named iterator: a closure here trips the
-/// compiler's check that the load's future can move between threads).
-struct RowCells<'a> {
-    encs: &'a [Enc],
-    row: usize,
-    next: usize,
-    bytes: &'a AtomicU64,
+/// Reads `stream` and sends each batch as one chunk of binary COPY data (the header before
+/// the first rows, the trailer after the last) with its row count; the first error ends it.
+async fn encode_copy(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    targets: Vec<Target>,
+    input: String,
+    table: TableName,
+    out: tokio::sync::mpsc::Sender<Result<(tokio_util::bytes::Bytes, u64), DataError>>,
+) {
+    let mut first = true;
+    let mut done = 0u64;
+    loop {
+        let batch = match stream.next().await {
+            None => break,
+            Some(Err(e)) => {
+                let _ = out
+                    .send(Err(DataError::from_datafusion(
+                        format!("reading `{input}`"),
+                        e,
+                    )))
+                    .await;
+                return;
+            }
+            Some(Ok(b)) => b,
+        };
+        let encs: Result<Vec<Enc>, DataError> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| prepare(batch.column(i), t, done, &table))
+            .collect();
+        let encs = match encs {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
+            }
+        };
+        let n = batch.num_rows();
+        let mut buf = BytesMut::with_capacity(batch.get_array_memory_size() + 8 * n + 32);
+        if first {
+            buf.put_slice(COPY_HEADER);
+            first = false;
+        }
+        encode_rows(&encs, n, &mut buf);
+        done += n as u64;
+        if out.send(Ok((buf.freeze(), n as u64))).await.is_err() {
+            return;
+        }
+    }
+    let mut end = BytesMut::with_capacity(COPY_HEADER.len() + 2);
+    if first {
+        end.put_slice(COPY_HEADER);
+    }
+    end.put_i16(-1);
+    let _ = out.send(Ok((end.freeze(), 0))).await;
 }
 
-impl<'a> Iterator for RowCells<'a> {
-    type Item = Cell<'a>;
+/// Aborts a spawned task when the load ends however it ends (a cancelled load stops
+/// encoding).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
-    fn next(&mut self) -> Option<Cell<'a>> {
-        let enc = self.encs.get(self.next)?;
-        self.next += 1;
-        Some(Cell {
-            enc,
-            row: self.row,
-            bytes: self.bytes,
-        })
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.encs.len() - self.next;
-        (n, Some(n))
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
-
-impl ExactSizeIterator for RowCells<'_> {}
 
 /// The column list of a statement.
 fn column_list(names: &[&str]) -> String {
@@ -585,41 +606,41 @@ impl PostgresSink {
             TableMode::Append => qt.clone(),
         };
         let sink = tx
-            .copy_in(&format!(
+            .copy_in::<_, tokio_util::bytes::Bytes>(&format!(
                 "COPY {copy_into} ({list}) FROM STDIN (FORMAT binary)"
             ))
             .await
             .map_err(pgerr(&format!("starting COPY into {table}")))?;
-        let types: Vec<Type> = targets.iter().map(|t| t.pg.clone()).collect();
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures_util::pin_mut!(writer);
-        let mut stream = input
+        futures_util::pin_mut!(sink);
+        let stream = input
             .frame
             .execute_stream()
             .await
             .map_err(|e| DataError::from_datafusion(format!("reading `{}`", input.name), e))?;
-        let bytes = AtomicU64::new(0);
-        let mut rows: u64 = 0;
+        // Batches are encoded on a task of their own while the previous chunk is on its way
+        // to the server, which is what bounds a load: PostgreSQL takes a binary COPY on one
+        // core. Two chunks wait at most.
+        let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel(2);
+        let encoder = tokio::spawn(encode_copy(
+            stream,
+            targets,
+            input.name.clone(),
+            table.clone(),
+            chunks_tx,
+        ));
+        let _stop_encoder = AbortOnDrop(encoder);
         let copy_err = pgerr(&format!("loading {table}"));
-        while let Some(batch) = stream.next().await {
-            let batch = batch
-                .map_err(|e| DataError::from_datafusion(format!("reading `{}`", input.name), e))?;
-            let mut encs = Vec::with_capacity(targets.len());
-            for (i, t) in targets.iter().enumerate() {
-                encs.push(prepare(batch.column(i), t, rows, table)?);
-            }
-            for row in 0..batch.num_rows() {
-                let cells = RowCells {
-                    encs: &encs,
-                    row,
-                    next: 0,
-                    bytes: &bytes,
-                };
-                writer.as_mut().write_raw(cells).await.map_err(&copy_err)?;
-            }
-            rows += batch.num_rows() as u64;
+        let mut bytes = 0u64;
+        let mut rows = 0u64;
+        while let Some(chunk) = chunks.recv().await {
+            let (chunk, n) = chunk?;
+            bytes += chunk.len() as u64;
+            rows += n;
+            futures_util::SinkExt::send(&mut sink, chunk)
+                .await
+                .map_err(&copy_err)?;
         }
-        let copied = writer.as_mut().finish().await.map_err(&copy_err)?;
+        let copied = sink.as_mut().finish().await.map_err(&copy_err)?;
         if self.mode == TableMode::Upsert {
             let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
             let key_list = column_list(&keys);
@@ -650,7 +671,7 @@ impl PostgresSink {
             .map_err(pgerr(&format!("committing the load into {table}")))?;
         Ok(Written {
             rows: copied.max(rows),
-            bytes: bytes.load(Ordering::Relaxed),
+            bytes,
         })
     }
 
