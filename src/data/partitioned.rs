@@ -366,7 +366,9 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, Dat
         .await
         .map_err(|e| DataError::from_datafusion("planning the write", e))?;
     let threads = opts.threads.max(1);
-    if plan.output_partitioning().partition_count() < threads {
+    // Exactly `threads` streams: each holds its own buffers, so more would take more memory
+    // than the budget allows for, and fewer would leave cores idle.
+    if plan.output_partitioning().partition_count() != threads {
         plan = Arc::new(
             RepartitionExec::try_new(plan, Partitioning::RoundRobinBatch(threads))
                 .map_err(|e| DataError::from_datafusion("planning the write", e))?,
