@@ -123,17 +123,22 @@ pub fn size_of(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// A name beside `target` for work in progress, unique to this process and moment.
-pub fn temp_beside(target: &Path, tag: &str) -> PathBuf {
+/// Text unique to this process and moment: the process id and the time in nanoseconds.
+pub fn unique_suffix() -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// A name beside `target` for work in progress, unique to this process and moment.
+pub fn temp_beside(target: &Path, tag: &str) -> PathBuf {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    target.with_file_name(format!(".{tag}-{name}-{}-{nanos}", std::process::id()))
+    target.with_file_name(format!(".{tag}-{name}-{}", unique_suffix()))
 }
 
 /// A temporary file or folder, removed when dropped: on success it has been renamed away

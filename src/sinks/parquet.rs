@@ -31,16 +31,6 @@ const PARTITION_ROW_GROUP_BYTES: usize = 1 << 20;
 /// 117 MB with the default).
 const DICTIONARY_PAGE_BYTES: usize = 16 << 10;
 
-/// Names a load's files apart from those of earlier loads (`mode: append` puts them side
-/// by side): the time in nanoseconds and the process id.
-fn write_id() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{nanos:x}-{:x}", std::process::id())
-}
-
 /// What an existing target becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -279,7 +269,8 @@ impl ParquetSink {
             threads,
             buffer_bytes,
             max_open,
-            write_id: write_id(),
+            // Apart from the files of earlier loads (`mode: append` puts them side by side).
+            write_id: crate::data::dataset::unique_suffix(),
         };
         partitioned::write(frame, staging, options).await
     }
