@@ -1,7 +1,6 @@
 //! Hive-partitioned Parquet writing, for the `parquet` sink's `partition_by`: rows are split
-//! by the values of the partition columns into `col=value/` folders, one file per partition
-//! (per writer opening, see below), the partition columns left out of the files as Hive,
-//! Spark, DuckDB and pyarrow expect. What it owns: splitting, buffering, encoding in
+//! by the values of the partition columns into `col=value/` folders, one file per partition,
+//! the partition columns left out of the files as Hive, Spark, DuckDB and pyarrow expect. What it owns: splitting, buffering, encoding in
 //! parallel and the memory that takes. What it does not: where the folder goes and what a
 //! load replaces (the sink moves the finished folder into place), the store.
 //!
@@ -15,28 +14,35 @@
 //! warehouse (4.6 million rows into 90 days) in 4.0 s instead of 8.1 s.
 //!
 //! Memory: each stream's buffers are capped (`buffer_bytes`); each open writer holds its row
-//! group in progress (capped by the writer properties' `max_row_group_bytes`). At most
-//! `max_open` files are open at once: past that, the writer written to longest ago finishes
-//! its file and a later row of that partition opens another (`-1.parquet`, `-2`...), so a load
-//! into thousands of partitions stays bounded too, at the price of more files. A null
-//! partition value is written as `__HIVE_DEFAULT_PARTITION__`, as Hive and pyarrow do.
+//! group in progress (capped by the writer properties' `max_row_group_bytes`) and, per
+//! column, a compressor and a page being filled. At most `max_open` files are open at once.
+//! The rows of a partition first seen after that go to a spill file instead (Arrow IPC in
+//! the session's spill folder, one a stream), and once every row is read those partitions
+//! are encoded from it, `threads` at a time. So a load into thousands of partitions stays
+//! within its memory, every partition still gets exactly one file, and what it costs is one
+//! more pass over the spilled rows on local disk. A null partition value is written as
+//! `__HIVE_DEFAULT_PARTITION__`, as Hive and pyarrow do.
 
 use super::DataError;
 use datafusion::arrow::array::{Array, ArrayRef, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::common::HashMap;
+use datafusion::execution::{DiskManager, SpillFile, SpillWriter};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 use datafusion::prelude::DataFrame;
 use futures_util::StreamExt;
-use std::io::BufWriter;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The folder name of a null partition value.
@@ -63,14 +69,37 @@ pub struct Options {
     pub write_id: String,
 }
 
-/// One partition's writer.
+/// Where one partition's rows go.
+enum Sink {
+    /// Nowhere yet: no rows so far.
+    New,
+    /// Straight into its file.
+    Open(Box<ArrowWriter<BufWriter<std::fs::File>>>),
+    /// Into the streams' spill files, to be encoded once every row is read.
+    Spilled(Vec<Segment>),
+    /// Its file is finished.
+    Done,
+}
+
+/// One partition.
 struct Part {
     dir: PathBuf,
-    writer: Option<ArrowWriter<BufWriter<std::fs::File>>>,
-    /// Files opened so far.
-    files: usize,
-    /// When it was last written to (a counter).
-    used: u64,
+    sink: Sink,
+}
+
+/// Some rows of one partition in a spill file, as one Arrow IPC stream.
+struct Segment {
+    file: Arc<dyn SpillFile>,
+    offset: u64,
+    len: usize,
+}
+
+/// A stream's spill file, made when it first needs one.
+struct Spill {
+    file: Arc<dyn SpillFile>,
+    writer: Box<dyn SpillWriter>,
+    len: u64,
+    buf: Vec<u8>,
 }
 
 /// What all streams share.
@@ -78,6 +107,7 @@ struct Shared {
     root: PathBuf,
     schema: SchemaRef,
     opts: Options,
+    disk: Arc<DiskManager>,
     parts: Mutex<Registry>,
 }
 
@@ -85,112 +115,166 @@ struct Shared {
 struct Registry {
     by_key: HashMap<Vec<u8>, Arc<Mutex<Part>>>,
     open: usize,
-    clock: u64,
 }
 
 fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataError {
     DataError::io(what, e)
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Shared {
-    /// The writer of the partition with row key `key`, whose folder is `rel`.
+    /// The partition with row key `key`, whose folder is `rel`.
     fn part(&self, key: &[u8], rel: impl FnOnce() -> PathBuf) -> Arc<Mutex<Part>> {
-        let mut reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reg = lock(&self.parts);
         if let Some(p) = reg.by_key.get(key) {
             return p.clone();
         }
         let p = Arc::new(Mutex::new(Part {
             dir: self.root.join(rel()),
-            writer: None,
-            files: 0,
-            used: 0,
+            sink: Sink::New,
         }));
         reg.by_key.insert(key.to_vec(), p.clone());
         p
     }
 
-    /// Writes `batch` into `part`'s file, opening one (and finishing another if too many
-    /// are open) when needed.
-    fn write(&self, part: &Mutex<Part>, batch: &RecordBatch) -> Result<(), DataError> {
-        let mut p = part.lock().unwrap_or_else(|p| p.into_inner());
-        let too_many = {
-            let mut reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-            reg.clock += 1;
-            p.used = reg.clock;
-            if p.writer.is_none() {
-                reg.open += 1;
-            }
-            p.writer.is_none() && reg.open > self.opts.max_open
-        };
-        if too_many {
-            // `p` is locked here, so it is never the one chosen.
-            self.finish_oldest()?;
-        }
-        if p.writer.is_none() {
-            std::fs::create_dir_all(&p.dir)
-                .map_err(|e| io(format!("cannot create {}", p.dir.display()), e))?;
-            let name = match p.files {
-                0 => format!("{}.parquet", self.opts.write_id),
-                n => format!("{}-{n}.parquet", self.opts.write_id),
+    /// Writes `batch` into `part`: into its file while fewer than `max_open` files are
+    /// open when the partition first gets rows, else into this stream's spill file.
+    fn write(
+        &self,
+        part: &Mutex<Part>,
+        batch: &RecordBatch,
+        spill: &mut Option<Spill>,
+    ) -> Result<(), DataError> {
+        let mut p = lock(part);
+        if matches!(p.sink, Sink::New) {
+            let direct = {
+                let mut reg = lock(&self.parts);
+                let room = reg.open < self.opts.max_open;
+                if room {
+                    reg.open += 1;
+                }
+                room
             };
-            let path = p.dir.join(name);
-            let f = std::fs::File::create(&path)
-                .map_err(|e| io(format!("cannot create {}", path.display()), e))?;
-            let w = ArrowWriter::try_new(
-                BufWriter::with_capacity(64 << 10, f),
-                self.schema.clone(),
-                Some(self.opts.props.clone()),
-            )
-            .map_err(|e| io(format!("writing {}", path.display()), e))?;
-            p.writer = Some(w);
-            p.files += 1;
+            p.sink = if direct {
+                Sink::Open(Box::new(self.create(&p.dir)?))
+            } else {
+                Sink::Spilled(Vec::new())
+            };
         }
-        let Part { dir, writer, .. } = &mut *p;
-        if let Some(w) = writer.as_mut() {
-            w.write(batch)
-                .map_err(|e| io(format!("writing into {}", dir.display()), e))?;
+        let Part { dir, sink } = &mut *p;
+        match sink {
+            Sink::Open(w) => w
+                .write(batch)
+                .map_err(|e| io(format!("writing into {}", dir.display()), e)),
+            Sink::Spilled(segments) => {
+                segments.push(self.spill(spill, batch)?);
+                Ok(())
+            }
+            Sink::New | Sink::Done => Err(DataError::Invalid(format!(
+                "rows for {} after its file was finished",
+                dir.display()
+            ))),
         }
-        Ok(())
     }
 
-    /// Finishes the file of the open writer used longest ago among those no other stream
-    /// is writing to at this moment (never waiting for a lock, so never a deadlock).
-    fn finish_oldest(&self) -> Result<(), DataError> {
-        let mut candidates: Vec<(u64, Arc<Mutex<Part>>)> = {
-            let reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-            reg.by_key
-                .values()
-                .filter_map(|p| {
-                    let g = p.try_lock().ok()?;
-                    g.writer.as_ref()?;
-                    Some((g.used, p.clone()))
+    /// A writer of a new file in `dir`.
+    fn create(&self, dir: &Path) -> Result<ArrowWriter<BufWriter<std::fs::File>>, DataError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
+        let path = dir.join(format!("{}.parquet", self.opts.write_id));
+        let f = std::fs::File::create(&path)
+            .map_err(|e| io(format!("cannot create {}", path.display()), e))?;
+        ArrowWriter::try_new(
+            BufWriter::with_capacity(64 << 10, f),
+            self.schema.clone(),
+            Some(self.opts.props.clone()),
+        )
+        .map_err(|e| io(format!("writing {}", path.display()), e))
+    }
+
+    /// Appends `batch` to the stream's spill file (made on first use).
+    fn spill(&self, spill: &mut Option<Spill>, batch: &RecordBatch) -> Result<Segment, DataError> {
+        let s = match spill {
+            Some(s) => s,
+            None => {
+                let file = self
+                    .disk
+                    .create_tmp_file("a partitioned write")
+                    .map_err(|e| DataError::from_datafusion("making a spill file", e))?;
+                let writer = file
+                    .open_writer()
+                    .map_err(|e| DataError::from_datafusion("making a spill file", e))?;
+                spill.insert(Spill {
+                    file,
+                    writer,
+                    len: 0,
+                    buf: Vec::new(),
                 })
-                .collect()
-        };
-        candidates.sort_by_key(|(used, _)| *used);
-        for (_, c) in candidates {
-            let Ok(mut g) = c.try_lock() else {
-                continue;
-            };
-            if finish(&mut g)? {
-                let mut reg = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-                reg.open = reg.open.saturating_sub(1);
-                return Ok(());
             }
+        };
+        s.buf.clear();
+        let mut w =
+            StreamWriter::try_new(&mut s.buf, &self.schema).map_err(|e| io("spilling rows", e))?;
+        w.write(batch).map_err(|e| io("spilling rows", e))?;
+        w.finish().map_err(|e| io("spilling rows", e))?;
+        drop(w);
+        s.writer
+            .write_all(&s.buf)
+            .map_err(|e| io("writing a spill file", e))?;
+        let segment = Segment {
+            file: s.file.clone(),
+            offset: s.len,
+            len: s.buf.len(),
+        };
+        s.len += s.buf.len() as u64;
+        Ok(segment)
+    }
+
+    /// Finishes `part`'s file: closes an open writer, or encodes a spilled partition's
+    /// rows into a new file.
+    fn finish(&self, part: &Mutex<Part>) -> Result<(), DataError> {
+        let mut p = lock(part);
+        let dir = p.dir.clone();
+        let wrap = |e: &dyn std::fmt::Display| io(format!("writing into {}", dir.display()), e);
+        match std::mem::replace(&mut p.sink, Sink::Done) {
+            Sink::Open(w) => {
+                w.close().map_err(|e| wrap(&e))?;
+            }
+            Sink::Spilled(segments) => {
+                let mut w = self.create(&dir)?;
+                let mut reader: Option<(PathBuf, std::fs::File)> = None;
+                let mut buf = Vec::new();
+                for s in segments {
+                    let path = s.file.path().ok_or_else(|| {
+                        DataError::Invalid("the spill folder has no local path".into())
+                    })?;
+                    let file = match &mut reader {
+                        Some((open, f)) if open == path => f,
+                        _ => {
+                            let f = std::fs::File::open(path)
+                                .map_err(|e| io("reading a spill file", e))?;
+                            &mut reader.insert((path.to_path_buf(), f)).1
+                        }
+                    };
+                    buf.resize(s.len, 0);
+                    file.seek(SeekFrom::Start(s.offset))
+                        .and_then(|_| file.read_exact(&mut buf))
+                        .map_err(|e| io("reading a spill file", e))?;
+                    let batches = StreamReader::try_new(std::io::Cursor::new(&buf[..]), None)
+                        .map_err(|e| io("reading a spill file", e))?;
+                    for b in batches {
+                        let b = b.map_err(|e| io("reading a spill file", e))?;
+                        w.write(&b).map_err(|e| wrap(&e))?;
+                    }
+                }
+                w.close().map_err(|e| wrap(&e))?;
+            }
+            Sink::New | Sink::Done => {}
         }
         Ok(())
-    }
-}
-
-/// Finishes `p`'s open file, if any.
-fn finish(p: &mut Part) -> Result<bool, DataError> {
-    match p.writer.take() {
-        Some(w) => {
-            w.close()
-                .map_err(|e| io(format!("writing into {}", p.dir.display()), e))?;
-            Ok(true)
-        }
-        None => Ok(false),
     }
 }
 
@@ -228,7 +312,7 @@ struct Buffer {
 }
 
 impl Buffer {
-    fn flush(&mut self, shared: &Shared) -> Result<(), DataError> {
+    fn flush(&mut self, shared: &Shared, spill: &mut Option<Spill>) -> Result<(), DataError> {
         if self.rows == 0 {
             return Ok(());
         }
@@ -243,7 +327,7 @@ impl Buffer {
         self.batches.clear();
         self.rows = 0;
         self.bytes = 0;
-        shared.write(&self.part, &batch)
+        shared.write(&self.part, &batch, spill)
     }
 }
 
@@ -268,6 +352,7 @@ async fn run_stream(
     let mut indices: Vec<Vec<u32>> = Vec::new();
     let mut held = 0usize;
     let mut rows = 0u64;
+    let mut spill: Option<Spill> = None;
     while let Some(batch) = stream.next().await {
         let batch =
             batch.map_err(|e| DataError::from_datafusion("reading the rows to write", e))?;
@@ -333,7 +418,7 @@ async fn run_stream(
             b.batches.push(piece);
             if b.rows >= FLUSH_ROWS {
                 held -= b.bytes;
-                b.flush(&shared)?;
+                b.flush(&shared, &mut spill)?;
             }
         }
         if held > shared.opts.buffer_bytes {
@@ -345,14 +430,22 @@ async fn run_stream(
                     break;
                 }
                 held -= buffers[i].bytes;
-                buffers[i].flush(&shared)?;
+                buffers[i].flush(&shared, &mut spill)?;
             }
         }
         // Encoding is CPU work on this thread; let other tasks in between batches.
         tokio::task::yield_now().await;
     }
     for b in &mut buffers {
-        b.flush(&shared)?;
+        b.flush(&shared, &mut spill)?;
+    }
+    if let Some(mut s) = spill {
+        s.writer
+            .flush()
+            .map_err(|e| io("writing a spill file", e))?;
+        s.writer
+            .finish()
+            .map_err(|e| DataError::from_datafusion("writing a spill file", e))?;
     }
     Ok(rows)
 }
@@ -400,6 +493,7 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, Dat
         root: root.to_path_buf(),
         schema: file_schema,
         opts,
+        disk: task_ctx.runtime_env().disk_manager.clone(),
         parts: Mutex::new(Registry::default()),
     });
     let mut tasks = tokio::task::JoinSet::new();
@@ -418,22 +512,18 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, Dat
     while let Some(r) = tasks.join_next().await {
         rows += r.map_err(|e| io("a writer stopped", e))??;
     }
-    // Finish every file, on as many threads as there were streams.
-    let parts: Vec<Arc<Mutex<Part>>> = shared
-        .parts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .by_key
-        .values()
-        .cloned()
-        .collect();
-    let chunk = parts.len().div_ceil(threads).max(1);
+    // Finish every file, on as many threads as there were streams: first the open ones,
+    // which frees their memory, then the spilled ones, taken one at a time by each thread.
+    let mut parts: Vec<Arc<Mutex<Part>>> = lock(&shared.parts).by_key.values().cloned().collect();
+    parts.sort_by_key(|p| matches!(lock(p).sink, Sink::Spilled(_)));
+    let parts = Arc::new(parts);
+    let next = Arc::new(AtomicUsize::new(0));
     let mut closers = tokio::task::JoinSet::new();
-    for group in parts.chunks(chunk) {
-        let group = group.to_vec();
+    for _ in 0..threads {
+        let (shared, parts, next) = (shared.clone(), parts.clone(), next.clone());
         closers.spawn_blocking(move || {
-            for p in group {
-                finish(&mut p.lock().unwrap_or_else(|p| p.into_inner()))?;
+            while let Some(p) = parts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                shared.finish(p)?;
             }
             Ok::<(), DataError>(())
         });

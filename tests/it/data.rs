@@ -105,7 +105,8 @@ fn rerunning_a_date_replaces_its_partitions() {
 fn a_partitioned_load_on_two_threads_with_more_partitions_than_open_files_keeps_every_row() {
     let p = Project::new();
     // 64 MiB of memory: the writer keeps at most 16 files open, fewer than the 60
-    // partitions this load feeds at once, so files are finished and reopened as it goes.
+    // partitions this load feeds at once, so the rows of the others are spilled to disk and
+    // encoded at the end.
     p.write(
         "cauce.yaml",
         "name: test\ndata:\n  max_memory: 64MiB\n  threads: 2\n",
@@ -143,7 +144,7 @@ print(duckdb.sql("select count(*) from read_csv('data/sales.csv') c join read_pa
 leaves = sorted(set(f.rsplit('/', 1)[0] for f in glob.glob('warehouse/by_region/*/*/*.parquet')))
 print(len(leaves), leaves[0])
 files = glob.glob('warehouse/by_region/*/*/*.parquet')
-print(len(files) > len(leaves), sorted(pq.read_schema(files[0]).names))
+print(len(files) == len(leaves), sorted(pq.read_schema(files[0]).names))
 "#,
     );
     let lines: Vec<&str> = out.lines().collect();
@@ -165,8 +166,8 @@ print(len(files) > len(leaves), sorted(pq.read_schema(files[0]).names))
         lines[2], "60 warehouse/by_region/region=centro/month=1",
         "{out}"
     );
-    // Files were finished and reopened (more files than partitions); the partition columns
-    // are in the folder names, not in the files.
+    // One file a partition, spilled or not; the partition columns are in the folder names,
+    // not in the files.
     assert_eq!(lines[3], "True ['amount', 'id']", "{out}");
 }
 
@@ -221,6 +222,50 @@ print(sorted(zip(t.column('id').to_pylist(), t.column('zone').to_pylist())))
         "[(1, '../../escape'), (2, 'a/b'), (3, None), (4, 'norte'), (5, '..')]",
         "{out}"
     );
+}
+
+#[test]
+fn a_partitioned_load_naming_every_column_or_a_missing_one_fails_and_writes_nothing() {
+    let p = Project::new();
+    p.write(
+        "data/in.csv",
+        "zone,day\nnorte,2024-01-01\nsur,2024-01-02\n",
+    );
+    p.pipeline(
+        "bad",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/in.csv}
+  every:
+    depends_on: [raw]
+    critical: false
+    load: {sink: parquet, path: out/every/, partition_by: [zone, day]}
+  missing:
+    depends_on: [raw]
+    critical: false
+    load: {sink: parquet, path: out/missing/, partition_by: [region]}
+"#,
+    );
+    let r = p.run(&["run", "bad"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        all.contains("`partition_by` names every column: the files would have none left"),
+        "{all}"
+    );
+    assert!(
+        all.contains("`partition_by` column `region` is not in `raw`; its columns: zone, day"),
+        "{all}"
+    );
+    // Nothing left behind: no target, no staging folder.
+    let left: Vec<String> = std::fs::read_dir(p.path().join("out"))
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[test]
