@@ -336,6 +336,48 @@ tasks:
 }
 
 #[test]
+fn warehouse_files_are_zstd_unless_told_otherwise_and_a_bad_codec_is_a_located_error() {
+    let p = Project::new();
+    p.write("data/in.csv", "id,zone\n1,norte\n2,sur\n3,norte\n");
+    p.pipeline(
+        "codec",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/in.csv}
+  plain:
+    depends_on: [raw]
+    load: {sink: parquet, path: out/plain.parquet}
+  fast:
+    depends_on: [raw]
+    load: {sink: parquet, path: out/fast/, partition_by: [zone], compression: snappy}
+"#,
+    );
+    let r = p.run(&["run", "codec"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = py(
+        p.path(),
+        r#"
+import glob, pyarrow.parquet as pq
+for f in ['out/plain.parquet'] + sorted(glob.glob('out/fast/*/*.parquet')):
+    md = pq.ParquetFile(f).metadata
+    print(sorted({md.row_group(i).column(j).compression for i in range(md.num_row_groups) for j in range(md.num_columns)}))
+"#,
+    );
+    assert_eq!(out.trim(), "['ZSTD']\n['SNAPPY']\n['SNAPPY']", "{out}");
+
+    p.pipeline(
+        "badcodec",
+        "tasks:\n  raw:\n    extract: {source: csv, path: data/in.csv}\n  save:\n    depends_on: [raw]\n    load: {sink: parquet, path: out/x/, compression: zstd(40)}\n",
+    );
+    let r = p.run(&["validate", "badcodec"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("invalid compression `zstd(40)`"), "{all}");
+    assert!(all.contains("badcodec.yaml:6:"), "{all}");
+}
+
+#[test]
 fn unknown_sources_sinks_and_options_are_located_errors() {
     let p = Project::new();
     p.pipeline(
