@@ -1,8 +1,9 @@
 //! Hive-partitioned Parquet writing, for the `parquet` sink's `partition_by`: rows are split
 //! by the values of the partition columns into `col=value/` folders, one file per partition,
-//! the partition columns left out of the files as Hive, Spark, DuckDB and pyarrow expect. What it owns: splitting, buffering, encoding in
-//! parallel and the memory that takes. What it does not: where the folder goes and what a
-//! load replaces (the sink moves the finished folder into place), the store.
+//! the partition columns left out of the files as Hive, Spark, DuckDB and pyarrow expect.
+//! What it owns: splitting, buffering, spilling, encoding in parallel and the memory that
+//! takes. What it does not: where the folder goes and what a load replaces (the sink moves
+//! the finished folder into place), the store.
 //!
 //! How: the query's output is read as `threads` streams at once. Each stream task keys every
 //! row by its partition values (Arrow's row format, so any column type works), gathers the
