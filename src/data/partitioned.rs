@@ -128,17 +128,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     /// The partition with row key `key`, whose folder is `rel`.
-    fn part(&self, key: &[u8], rel: impl FnOnce() -> PathBuf) -> Arc<Mutex<Part>> {
+    fn part(
+        &self,
+        key: &[u8],
+        rel: impl FnOnce() -> Result<PathBuf, DataError>,
+    ) -> Result<Arc<Mutex<Part>>, DataError> {
         let mut reg = lock(&self.parts);
         if let Some(p) = reg.by_key.get(key) {
-            return p.clone();
+            return Ok(p.clone());
         }
         let p = Arc::new(Mutex::new(Part {
-            dir: self.root.join(rel()),
+            dir: self.root.join(rel()?),
             sink: Sink::New,
         }));
         reg.by_key.insert(key.to_vec(), p.clone());
-        p
+        Ok(p)
     }
 
     /// Writes `batch` into `part`: into its file while fewer than `max_open` files are
@@ -378,16 +382,8 @@ async fn run_stream(
                 Some(&s) => s,
                 None => {
                     let names = &shared.opts.partition_by;
-                    let mut err = None;
-                    let part = shared.part(key.as_ref(), || {
-                        partition_dir(names, &cols, row, &fmt).unwrap_or_else(|e| {
-                            err = Some(e);
-                            PathBuf::new()
-                        })
-                    });
-                    if let Some(e) = err {
-                        return Err(e);
-                    }
+                    let part =
+                        shared.part(key.as_ref(), || partition_dir(names, &cols, row, &fmt))?;
                     buffers.push(Buffer {
                         part,
                         batches: Vec::new(),
@@ -516,7 +512,7 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, Dat
     // Finish every file, on as many threads as there were streams: first the open ones,
     // which frees their memory, then the spilled ones, taken one at a time by each thread.
     let mut parts: Vec<Arc<Mutex<Part>>> = lock(&shared.parts).by_key.values().cloned().collect();
-    parts.sort_by_key(|p| matches!(lock(p).sink, Sink::Spilled(_)));
+    parts.sort_by_cached_key(|p| matches!(lock(p).sink, Sink::Spilled(_)));
     let parts = Arc::new(parts);
     let next = Arc::new(AtomicUsize::new(0));
     let mut closers = tokio::task::JoinSet::new();

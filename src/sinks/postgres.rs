@@ -469,16 +469,6 @@ async fn encode_copy(
     let _ = out.send(Ok((end.freeze(), 0))).await;
 }
 
-/// Aborts a spawned task when the load ends however it ends (a cancelled load stops
-/// encoding).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The column list of a statement.
 fn column_list(names: &[&str]) -> String {
     names
@@ -628,7 +618,8 @@ impl PostgresSink {
             table.clone(),
             chunks_tx,
         ));
-        let _stop_encoder = AbortOnDrop(encoder);
+        // Aborted when the load ends however it ends: a cancelled load stops encoding.
+        let _stop_encoder = tokio_util::task::AbortOnDropHandle::new(encoder);
         let copy_err = pgerr(&format!("loading {table}"));
         let mut bytes = 0u64;
         let mut rows = 0u64;
