@@ -80,17 +80,20 @@ impl ParquetSink {
 /// `gzip(0..9)`, `brotli`, `none`.
 pub fn compression(text: &str) -> Result<String, String> {
     let t = text.trim().to_ascii_lowercase();
-    let (name, level) = match t.split_once('(') {
-        Some((n, rest)) => (n.to_string(), rest.strip_suffix(')').map(str::to_string)),
-        None => (t.clone(), None),
+    let invalid = || {
+        format!(
+            "invalid compression `{text}`; use zstd, zstd(1..22), snappy, lz4, gzip, gzip(0..9), brotli or none"
+        )
     };
-    let level: Option<u32> = match level {
-        Some(l) => Some(
-            l.trim()
-                .parse()
-                .map_err(|_| format!("invalid compression `{text}`"))?,
-        ),
-        None => None,
+    let (name, level) = match t.split_once('(') {
+        Some((n, rest)) => {
+            let level = rest.strip_suffix(')').ok_or_else(invalid)?;
+            (
+                n.trim().to_string(),
+                Some(level.trim().parse::<u32>().map_err(|_| invalid())?),
+            )
+        }
+        None => (t.clone(), None),
     };
     Ok(match (name.as_str(), level) {
         ("zstd", None) => DEFAULT_ZSTD.into(),
@@ -100,11 +103,7 @@ pub fn compression(text: &str) -> Result<String, String> {
         ("brotli", None) => "brotli(4)".into(),
         ("snappy", None) | ("lz4", None) => name,
         ("none" | "uncompressed", None) => "uncompressed".into(),
-        _ => {
-            return Err(format!(
-                "invalid compression `{text}`; use zstd, zstd(1..22), snappy, lz4, gzip, gzip(0..9), brotli or none"
-            ))
-        }
+        _ => return Err(invalid()),
     })
 }
 

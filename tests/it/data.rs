@@ -375,6 +375,19 @@ for f in ['out/plain.parquet'] + sorted(glob.glob('out/fast/*/*.parquet')):
     let all = format!("{}{}", r.stdout, r.stderr);
     assert!(all.contains("invalid compression `zstd(40)`"), "{all}");
     assert!(all.contains("badcodec.yaml:6:"), "{all}");
+    // A level without its closing parenthesis is a typo, not plain zstd.
+    p.pipeline(
+        "badcodec",
+        "tasks:\n  raw:\n    extract: {source: csv, path: data/in.csv}\n  save:\n    depends_on: [raw]\n    load: {sink: parquet, path: out/x/, compression: \"zstd(1\"}\n",
+    );
+    let r = p.run(&["validate", "badcodec"]);
+    assert_eq!(r.code, 2, "{}{}", r.stdout, r.stderr);
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("invalid compression `zstd(1`; use zstd"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 #[test]
