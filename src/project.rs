@@ -103,6 +103,7 @@ struct RawDataSettings {
     batch_size: Option<usize>,
     threads: Option<usize>,
     retention: Option<String>,
+    streaming: Option<bool>,
 }
 
 fn parse_data_settings(
@@ -135,6 +136,9 @@ fn parse_data_settings(
         Some(0) => errors.push(err("threads", "must be at least 1".into())),
         Some(t) => s.threads = t,
         None => {}
+    }
+    if let Some(b) = raw.streaming {
+        s.streaming = b;
     }
     if let Some(r) = raw.retention {
         match parse_duration(&r) {

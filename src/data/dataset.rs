@@ -14,6 +14,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
 
 /// What a write produced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -191,6 +192,20 @@ pub async fn write(
     run_data_dir: &Path,
     task_id: &str,
 ) -> Result<Written, DataError> {
+    let none = super::live::Streams::default();
+    write_streaming(df, run_data_dir, task_id, &none, &CancellationToken::new()).await
+}
+
+/// [`write`], handing the batches to `streams.out`'s consumer as they are written, and
+/// putting the dataset in place only once every live input of `streams` succeeded (a
+/// query can end before its input does, with a `LIMIT`).
+pub async fn write_streaming(
+    df: DataFrame,
+    run_data_dir: &Path,
+    task_id: &str,
+    streams: &super::live::Streams,
+    cancel: &CancellationToken,
+) -> Result<Written, DataError> {
     let target = dir(run_data_dir, task_id);
     let guard = Scratch::new(temp_beside(&target, "tmp"));
     let tmp = guard.path();
@@ -198,6 +213,10 @@ pub async fn write(
     let schema = df.schema().inner().clone();
     let path = format!("{}/", tmp.display());
     let opts = dataset_options(&df);
+    let df = match &streams.out {
+        Some(live) => live.tee(df).await?,
+        None => df,
+    };
     let batches = df
         .write_parquet(&path, DataFrameWriteOptions::new(), Some(opts))
         .await
@@ -208,6 +227,7 @@ pub async fn write(
     if !has_parquet(tmp) {
         write_empty(tmp, schema)?;
     }
+    streams.upstream_done(cancel).await?;
     replace_dir(tmp, &target)?;
     Ok(Written {
         rows,

@@ -8,6 +8,7 @@
 //! [`crate::tasks`]. Nothing here touches the store.
 
 pub mod dataset;
+pub mod live;
 pub mod memory;
 pub mod mysql;
 pub mod partitioned;
@@ -38,6 +39,9 @@ pub enum DataError {
     /// The task was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// An upstream task streaming into this one did not succeed (see [`live`]).
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl DataError {
@@ -57,6 +61,7 @@ impl DataError {
                     DataError::Invalid(m) => DataError::Invalid(format!("{what}: {m}")),
                     DataError::Io(m) => DataError::Io(format!("{what}: {m}")),
                     DataError::Cancelled => DataError::Cancelled,
+                    DataError::Upstream(m) => DataError::Upstream(m.clone()),
                 };
             }
         }
@@ -84,6 +89,7 @@ impl From<DataError> for TaskError {
             DataError::Invalid(m) => TaskError::Invalid(m),
             DataError::Io(m) => TaskError::Failed(m),
             DataError::Cancelled => TaskError::Cancelled,
+            DataError::Upstream(m) => TaskError::Upstream(m),
         }
     }
 }
@@ -100,6 +106,9 @@ pub struct DataSettings {
     pub threads: usize,
     /// Run datasets older than this are removed when a run starts (`None`: kept).
     pub retention: Option<Duration>,
+    /// Whether a task may start beside the upstream tasks writing its input datasets and
+    /// take their batches as they are written ([`live`]).
+    pub streaming: bool,
 }
 
 impl Default for DataSettings {
@@ -111,6 +120,7 @@ impl Default for DataSettings {
                 .map(|n| n.get())
                 .unwrap_or(2),
             retention: None,
+            streaming: true,
         }
     }
 }

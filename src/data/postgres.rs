@@ -193,6 +193,7 @@ pub fn redact(e: DataError, redactor: &Redactor) -> DataError {
         DataError::Invalid(m) => DataError::Invalid(redactor.redact_str(&m)),
         DataError::Io(m) => DataError::Io(redactor.redact_str(&m)),
         DataError::Cancelled => DataError::Cancelled,
+        DataError::Upstream(m) => DataError::Upstream(m),
     }
 }
 

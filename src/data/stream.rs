@@ -21,10 +21,15 @@ pub const CHANNEL_BATCHES: usize = 4;
 pub type BatchSender = mpsc::Sender<Result<RecordBatch, DataFusionError>>;
 
 /// A stream that can be executed once.
-#[derive(Debug)]
 struct OneShot {
     schema: SchemaRef,
-    rx: Mutex<Option<mpsc::Receiver<Result<RecordBatch, DataFusionError>>>>,
+    stream: Mutex<Option<SendableRecordBatchStream>>,
+}
+
+impl std::fmt::Debug for OneShot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneShot").finish_non_exhaustive()
+    }
 }
 
 impl PartitionStream for OneShot {
@@ -33,20 +38,39 @@ impl PartitionStream for OneShot {
     }
 
     fn execute(&self, _ctx: Arc<DfTaskContext>) -> SendableRecordBatchStream {
-        let rx = self.rx.lock().ok().and_then(|mut g| g.take());
-        let stream = futures_util::stream::unfold(rx, |rx| async move {
-            match rx {
-                Some(mut rx) => rx.recv().await.map(|item| (item, Some(rx))),
-                None => Some((
+        match self.stream.lock().ok().and_then(|mut g| g.take()) {
+            Some(stream) => stream,
+            None => Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures_util::stream::once(async {
                     Err(DataFusionError::Execution(
                         "this source can be read only once".into(),
-                    )),
-                    None,
-                )),
-            }
-        });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
+                    ))
+                }),
+            )),
+        }
     }
+}
+
+/// A table that yields what `stream` yields (once: it is a stream, not a table).
+pub fn stream_table(stream: SendableRecordBatchStream) -> Result<Arc<StreamingTable>, DataError> {
+    let schema = stream.schema();
+    let part = OneShot {
+        schema: schema.clone(),
+        stream: Mutex::new(Some(stream)),
+    };
+    StreamingTable::try_new(schema, vec![Arc::new(part)])
+        .map(Arc::new)
+        .map_err(|e| DataError::from_datafusion("setting up a stream", e))
+}
+
+/// A [`DataFrame`] of [`stream_table`].
+pub fn stream_frame(
+    ctx: &SessionContext,
+    stream: SendableRecordBatchStream,
+) -> Result<DataFrame, DataError> {
+    ctx.read_table(stream_table(stream)?)
+        .map_err(|e| DataError::from_datafusion("setting up a stream", e))
 }
 
 /// A channel for a reader of `schema`, and the [`DataFrame`] that yields what is sent into
@@ -57,15 +81,13 @@ pub fn channel_frame(
     schema: SchemaRef,
 ) -> Result<(BatchSender, DataFrame), DataError> {
     let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-    let part = OneShot {
-        schema: schema.clone(),
-        rx: Mutex::new(Some(rx)),
-    };
-    let table = StreamingTable::try_new(schema, vec![Arc::new(part)])
-        .map_err(|e| DataError::from_datafusion("setting up a stream", e))?;
-    let df = ctx
-        .read_table(Arc::new(table))
-        .map_err(|e| DataError::from_datafusion("setting up a stream", e))?;
+    let batches = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let df = stream_frame(
+        ctx,
+        Box::pin(RecordBatchStreamAdapter::new(schema, batches)),
+    )?;
     Ok((tx, df))
 }
 

@@ -5,6 +5,7 @@
 //! store; the run coordinator (or the worker) records the outcome.
 
 use super::{RunInfo, Services};
+use crate::data::live::{EndOnDrop, Streams};
 use crate::process::{LogFile, ProcessStats};
 use crate::spec::duration::format_duration;
 use crate::spec::Task;
@@ -55,8 +56,11 @@ pub async fn run_attempt(
     attempt: AttemptRecord,
     cancel: CancellationToken,
     runner: Arc<dyn PipelineRunner>,
+    streams: Streams,
 ) -> AttemptOutcome {
     let started = Instant::now();
+    // Whatever happens below, the tasks streaming from or into this one are told it ended.
+    let streams = EndOnDrop(streams);
     let log_path = services
         .project
         .attempt_log(&run.id, &task.id, attempt.number);
@@ -177,6 +181,7 @@ pub async fn run_attempt(
         kill_grace: services.project.settings.kill_grace,
         process_stats: Mutex::new(None),
         runner: Some(runner),
+        streams: streams.0.clone(),
     };
     // Pipeline env, then task env; both templated (values may use params and ${VAR}).
     let mut env_error = None;
@@ -263,6 +268,10 @@ pub async fn run_attempt(
         )),
         Err(e) => log.note(&format!("ended: {e}")),
     }
+    // The dataset is in place (and uploaded): a consumer streaming from it may commit now.
+    streams
+        .0
+        .end(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
     if let Some(m) = mirror {
         m.finish().await;
     }

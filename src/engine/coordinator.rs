@@ -9,6 +9,7 @@
 
 use super::attempt::{self, AttemptOutcome};
 use super::{report, Engine, EngineError, Event, EventSink, RunInfo, CANCEL_POLL};
+use crate::data::live::{Live, Streams};
 use crate::state::{AttemptState, Readiness, RunState, TaskState, Trigger};
 use crate::store::{now_ms, AttemptResult, ClaimRequest, Completion, Millis, Next};
 use crate::tasks::{PipelineRunner, TaskError};
@@ -63,6 +64,11 @@ pub(super) struct Coordinator {
     /// of the run's tasks was.
     last_poll: Option<i64>,
     last_full_read: tokio::time::Instant,
+    /// Whether tasks may stream into one another (`data.streaming`, local execution).
+    streaming: bool,
+    /// The hand-over of each running attempt that streams its dataset into a consumer,
+    /// by producing task: a later attempt of that consumer (a retry) waits on it too.
+    live: HashMap<String, Arc<Live>>,
 }
 
 /// How often a remote-mode coordinator reads its run's changed task states.
@@ -114,6 +120,7 @@ impl Coordinator {
             .count();
         let engine_remote =
             engine.services.project.settings.executor == crate::project::Executor::Workers;
+        let streaming = !engine_remote && engine.services.data.streaming;
         Ok(Coordinator {
             position: order
                 .iter()
@@ -149,6 +156,8 @@ impl Coordinator {
             cancel_deadline: None,
             last_poll: None,
             last_full_read: tokio::time::Instant::now(),
+            streaming,
+            live: HashMap::new(),
         })
     }
 
@@ -487,7 +496,7 @@ impl Coordinator {
                 for id in ready {
                     self.states.insert(id, TaskState::Queued);
                 }
-                self.start_claimed(want, claimed);
+                self.start_claimed(want, claimed).await;
             }
         }
         Ok(())
@@ -511,11 +520,12 @@ impl Coordinator {
         let claim = ClaimRequest {
             run_id: Some(&self.run.id),
             queues: None,
+            tasks: None,
             lease: svc.project.settings.lease,
             limit: want,
         };
         let claimed = svc.store.claim_many(&svc.owner, claim, now).await?;
-        self.start_claimed(want, claimed);
+        self.start_claimed(want, claimed).await;
         Ok(())
     }
 
@@ -634,7 +644,7 @@ impl Coordinator {
     }
 
     /// Starts the attempts that a claim of `want` returned.
-    fn start_claimed(&mut self, want: usize, claimed: Vec<crate::store::AttemptRecord>) {
+    async fn start_claimed(&mut self, want: usize, mut claimed: Vec<crate::store::AttemptRecord>) {
         // Fewer than asked means the queue is empty, whatever the count said.
         self.claimable = if claimed.len() < want {
             0
@@ -642,8 +652,59 @@ impl Coordinator {
             self.claimable - want
         };
         let svc = Arc::clone(&self.engine.services);
+        // The tasks that start beside these, streaming from them.
+        let plan = self.plan_streams(&claimed);
+        let mut streams: HashMap<String, Streams> = HashMap::new();
+        if !plan.is_empty() {
+            let ids: Vec<String> = plan.iter().map(|(c, _)| c.clone()).collect();
+            // Streaming is an optimisation: if the store cannot start the consumers now,
+            // the producers still start (below), and the consumers wait as usual.
+            let extra = svc
+                .store
+                .start_tasks(
+                    &self.run.id,
+                    &ids,
+                    &svc.owner,
+                    svc.project.settings.lease,
+                    now_ms(),
+                )
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(run = %self.run.id, "could not start the streaming tasks: {e}");
+                    Vec::new()
+                });
+            // One transaction starts them all or none; an edge is wired only between two
+            // attempts that start here, so no input ever waits on an attempt that is not.
+            let started: HashSet<&str> = claimed
+                .iter()
+                .chain(extra.iter())
+                .map(|a| a.task_id.as_str())
+                .collect();
+            for (consumer, producers) in plan.iter().filter(|(c, _)| started.contains(c.as_str())) {
+                for p in producers.iter().filter(|p| started.contains(p.as_str())) {
+                    let live = Live::new(p);
+                    streams.entry(p.clone()).or_default().out = Some(Arc::clone(&live));
+                    self.live.insert(p.clone(), Arc::clone(&live));
+                    streams
+                        .entry(consumer.clone())
+                        .or_default()
+                        .inputs
+                        .insert(p.clone(), live);
+                }
+            }
+            claimed.extend(extra);
+        }
         for a in claimed {
             let task = self.run.pipeline.tasks[&a.task_id].clone();
+            let mut s = streams.remove(&a.task_id).unwrap_or_default();
+            // A retry of a consumer whose producer still streams waits for it.
+            for up in &task.depends_on {
+                if let Some(live) = self.live.get(up) {
+                    s.inputs
+                        .entry(up.clone())
+                        .or_insert_with(|| Arc::clone(live));
+                }
+            }
             self.states.insert(a.task_id.clone(), TaskState::Running);
             (self.events)(Event::Started {
                 task: a.task_id.clone(),
@@ -656,7 +717,77 @@ impl Coordinator {
                 a,
                 self.cancel.child_token(),
                 Arc::clone(&self.runner),
+                s,
             ));
+        }
+    }
+
+    /// Which pending tasks start now beside `starting`, each with the upstream tasks that
+    /// stream into it. A task streams from its upstream when it is a kind that takes live
+    /// input (`sql`, `load`), waits for `all_success`, has no timeout (its clock would
+    /// run while it waits for rows), and every upstream has either succeeded or starts now
+    /// with a dataset it hands over as it writes; such an upstream is on its last attempt
+    /// (a failure is then final, and the consumer is skipped as it would have been), and
+    /// streams into one consumer only (two could each wait for the other's rows). Chains
+    /// start together: a `sql` started so streams on into its own consumer.
+    fn plan_streams(&self, starting: &[crate::store::AttemptRecord]) -> Vec<(String, Vec<String>)> {
+        if !self.streaming || self.cancelled || self.stopping.is_some() {
+            return Vec::new();
+        }
+        let tasks = &self.run.pipeline.tasks;
+        // Producers that can stream, and whether a consumer took them yet.
+        let mut free: HashMap<String, bool> = starting
+            .iter()
+            .filter(|a| {
+                let t = &tasks[&a.task_id];
+                let used = a.number.saturating_sub(self.budget_base[&a.task_id]);
+                t.action.streams_output() && used > t.retry.retries
+            })
+            .map(|a| (a.task_id.clone(), true))
+            .collect();
+        let mut plan: Vec<(String, Vec<String>)> = Vec::new();
+        loop {
+            let before = plan.len();
+            for id in &self.order {
+                if self.states[id] != TaskState::Pending || plan.iter().any(|(c, _)| c == id) {
+                    continue;
+                }
+                let t = &tasks[id];
+                if !t.action.streams_input()
+                    || t.trigger != Trigger::AllSuccess
+                    || t.timeout.is_some()
+                {
+                    continue;
+                }
+                let reads = t.action.reads();
+                let mut live = Vec::new();
+                let ready = t
+                    .depends_on
+                    .iter()
+                    .filter(|d| self.selected.contains(*d))
+                    .all(|u| match free.get(u) {
+                        Some(true) if reads.is_empty() || reads.contains(u) => {
+                            live.push(u.clone());
+                            true
+                        }
+                        Some(_) => false,
+                        None => self.states[u] == TaskState::Success,
+                    });
+                if !ready || live.is_empty() {
+                    continue;
+                }
+                for u in &live {
+                    free.insert(u.clone(), false);
+                }
+                // Its first attempt under its budget: the last when it has no retries.
+                if t.action.streams_output() && t.retry.retries == 0 {
+                    free.insert(id.clone(), true);
+                }
+                plan.push((id.clone(), live));
+            }
+            if plan.len() == before {
+                return plan;
+            }
         }
     }
 
@@ -735,6 +866,7 @@ impl Coordinator {
         let claim = ClaimRequest {
             run_id: Some(&self.run.id),
             queues: None,
+            tasks: None,
             lease: svc.project.settings.lease,
             limit: want,
         };
@@ -751,7 +883,8 @@ impl Coordinator {
                     .complete_and_claim(&svc.owner, &done, claim, now_ms())
             })
             .await?;
-        self.start_claimed(want, claimed);
+        self.live.remove(&id);
+        self.start_claimed(want, claimed).await;
         if accepted.first() != Some(&true) {
             tracing::warn!(task = %id, attempt = outcome.attempt.number, "result rejected: this process no longer holds the attempt's lease");
             if let Some(t) = svc.store.task_run(&self.run.id, &id).await? {
@@ -763,6 +896,9 @@ impl Coordinator {
         }
         match next {
             Next::Final(state) => {
+                if state == TaskState::Skipped {
+                    self.skipped_by_failure.insert(id.clone());
+                }
                 self.states.insert(id.clone(), state);
                 self.wake_dependents(&id);
                 (self.events)(event);
@@ -866,6 +1002,12 @@ pub(super) fn decide(
             Next::Final(TaskState::Cancelled),
             finished(TaskState::Cancelled, Some("cancelled".into())),
         ),
+        // It started beside an upstream task that then failed: skipped, as it would have
+        // been had it waited.
+        Err(TaskError::Upstream(why)) => (
+            Next::Final(TaskState::Skipped),
+            finished(TaskState::Skipped, Some(svc.project.secrets.redact(why))),
+        ),
         Err(e) => {
             let error = svc.project.secrets.redact(&e.to_string());
             let used = o.attempt.number.saturating_sub(budget_base);
@@ -907,6 +1049,12 @@ pub(super) fn attempt_result(o: &AttemptOutcome, svc: &super::Services) -> Attem
         Err(TaskError::Cancelled) if !o.timed_out => (
             AttemptState::Cancelled,
             Some("cancelled".to_string()),
+            None,
+            None,
+        ),
+        Err(TaskError::Upstream(why)) => (
+            AttemptState::Cancelled,
+            Some(secrets.redact(why)),
             None,
             None,
         ),

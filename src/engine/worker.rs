@@ -94,6 +94,7 @@ pub async fn run(
             let claim = ClaimRequest {
                 run_id: None,
                 queues: Some(&opts.queues),
+                tasks: None,
                 lease,
                 limit: free,
             };
@@ -245,7 +246,8 @@ async fn start(
     });
     let run2 = Arc::clone(&run);
     inflight.spawn(async move {
-        let outcome = attempt::run_attempt(svc, run2, task, a, cancel, runner).await;
+        let outcome =
+            attempt::run_attempt(svc, run2, task, a, cancel, runner, Default::default()).await;
         (outcome, run)
     });
 }
@@ -316,6 +318,7 @@ async fn finish(
     let claim = ClaimRequest {
         run_id: None,
         queues: Some(&opts.queues),
+        tasks: None,
         lease: svc.project.settings.lease,
         limit: free,
     };

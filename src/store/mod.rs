@@ -308,6 +308,8 @@ pub struct ClaimRequest<'a> {
     pub run_id: Option<&'a str>,
     /// Only attempts of these queues (`None`: any queue).
     pub queues: Option<&'a [String]>,
+    /// Only attempts of these tasks (`None`: any task).
+    pub tasks: Option<&'a [String]>,
     /// Lease of the claimed attempts.
     pub lease: Duration,
     /// At most this many.
@@ -643,6 +645,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let claim = ClaimRequest {
             run_id,
             queues: None,
+            tasks: None,
             lease,
             limit: 1,
         };
@@ -697,8 +700,31 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let claim = ClaimRequest {
             run_id: Some(run_id),
             queues: None,
+            tasks: None,
             lease,
             limit,
+        };
+        self.claim_many(owner, claim, now).await
+    }
+
+    /// [`Store::enqueue`], then claims exactly these tasks' attempts, in one transaction
+    /// where the backend can: the tasks a coordinator starts beside the upstream tasks
+    /// that stream into them, whatever else is queued.
+    async fn start_tasks(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        self.enqueue(run_id, task_ids, now).await?;
+        let claim = ClaimRequest {
+            run_id: Some(run_id),
+            queues: None,
+            tasks: Some(task_ids),
+            lease,
+            limit: task_ids.len(),
         };
         self.claim_many(owner, claim, now).await
     }

@@ -509,15 +509,23 @@ async fn claim_in(
     let ClaimRequest {
         run_id,
         queues,
+        tasks,
         lease,
         limit,
     } = claim;
-    if limit == 0 || queues.is_some_and(|q| q.is_empty()) {
+    if limit == 0 || queues.is_some_and(|q| q.is_empty()) || tasks.is_some_and(|t| t.is_empty()) {
         return Ok(Vec::new());
     }
     let queue_filter = match queues {
         None => String::new(),
         Some(q) => format!(" AND queue IN ({})", placeholders(6, q.len())),
+    };
+    let task_filter = match tasks {
+        None => String::new(),
+        Some(t) => format!(
+            " AND task_id IN ({})",
+            placeholders(6 + queues.map_or(0, <[String]>::len), t.len())
+        ),
     };
     // The only difference between the dialects: PostgreSQL skips rows other workers hold.
     let lock = match dialect {
@@ -526,7 +534,7 @@ async fn claim_in(
     };
     let sql = format!(
         "UPDATE attempts SET state = 'running', owner = $1, lease_until = $2, started_at = $3 \
-         WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4){queue_filter} \
+         WHERE id IN (SELECT id FROM attempts WHERE state = 'queued' AND available_at <= $3 AND ($4 IS NULL OR run_id = $4){queue_filter}{task_filter} \
          ORDER BY available_at, id LIMIT $5{lock}) RETURNING {}",
         attempt_cols!()
     );
@@ -539,6 +547,9 @@ async fn claim_in(
         .bind(i64::try_from(limit).unwrap_or(i64::MAX));
     for q in queues.unwrap_or_default() {
         query = query.bind(q);
+    }
+    for t in tasks.unwrap_or_default() {
+        query = query.bind(t);
     }
     let rows = query.fetch_all(&mut *conn).await?;
     let mut claimed = rows
@@ -1039,8 +1050,31 @@ impl Store for SqlStore {
         let claim = ClaimRequest {
             run_id: Some(run_id),
             queues: None,
+            tasks: None,
             lease,
             limit,
+        };
+        let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn start_tasks(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+        owner: &str,
+        lease: Duration,
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        enqueue_in(&mut tx, run_id, task_ids, now).await?;
+        let claim = ClaimRequest {
+            run_id: Some(run_id),
+            queues: None,
+            tasks: Some(task_ids),
+            lease,
+            limit: task_ids.len(),
         };
         let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
         tx.commit().await?;

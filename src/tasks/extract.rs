@@ -162,6 +162,10 @@ impl TaskKind for ExtractTask {
         true
     }
 
+    fn streams_output(&self) -> bool {
+        true
+    }
+
     async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         // Both removed however the attempt ends.
         let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
@@ -196,7 +200,8 @@ impl TaskKind for ExtractTask {
                 }
                 _ => df,
             };
-            dataset::write(df, &ctx.data_dir, &ctx.task_id).await
+            dataset::write_streaming(df, &ctx.data_dir, &ctx.task_id, &ctx.streams, &ctx.cancel)
+                .await
         };
         let result = tokio::select! {
             r = work => r,

@@ -5,7 +5,7 @@
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
 use crate::data::dataset::{Scratch, Written};
-use crate::data::{dataset, session, spill_dir, DataError};
+use crate::data::{dataset, live, session, spill_dir, DataError};
 use crate::sinks::{Input, Sink, SinkContext, SINKS};
 use crate::spec::error::SpecError;
 use async_trait::async_trait;
@@ -80,6 +80,10 @@ impl TaskKind for LoadTask {
         self.sink.check(base_dir)
     }
 
+    fn streams_input(&self) -> bool {
+        true
+    }
+
     fn reads(&self) -> Vec<String> {
         self.from.clone()
     }
@@ -89,7 +93,9 @@ impl TaskKind for LoadTask {
             let with_data: Vec<String> = ctx
                 .upstream
                 .iter()
-                .filter(|t| dataset::exists(&ctx.data_dir, t))
+                .filter(|t| {
+                    ctx.streams.inputs.contains_key(*t) || dataset::exists(&ctx.data_dir, t)
+                })
                 .cloned()
                 .collect();
             match with_data.len() {
@@ -140,12 +146,10 @@ pub async fn deliver(
     let scratch = ctx.scratch();
     let session = session(&ctx.data, spill.path())?;
     let mut inputs = Vec::with_capacity(from.len());
-    let mut bytes_read = 0;
     for name in from {
-        bytes_read += dataset::size_of(&dataset::dir(&ctx.data_dir, name));
         inputs.push(Input {
             name: name.clone(),
-            frame: dataset::read(&session, &ctx.data_dir, name).await?,
+            frame: live::read(&session, &ctx.data_dir, name, &ctx.streams, &ctx.cancel).await?,
         });
     }
     let sx = SinkContext {
@@ -168,5 +172,10 @@ pub async fn deliver(
         "{} rows, {} bytes written",
         written.rows, written.bytes
     ));
+    // Counted after: a live input is complete on disk only once it has been read.
+    let bytes_read = from
+        .iter()
+        .map(|name| dataset::size_of(&dataset::dir(&ctx.data_dir, name)))
+        .sum();
     Ok((written, bytes_read))
 }

@@ -193,6 +193,10 @@ pub enum TaskError {
     /// It was cancelled.
     #[error("cancelled")]
     Cancelled,
+    /// An upstream task streaming into it did not succeed: the task is skipped, as it would
+    /// have been had it waited.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl TaskError {
@@ -254,6 +258,8 @@ pub struct TaskContext {
     pub process_stats: Mutex<Option<ProcessStats>>,
     /// Runs child pipelines.
     pub runner: Option<Arc<dyn PipelineRunner>>,
+    /// Upstream datasets that arrive live, and the hand-over of this task's own.
+    pub streams: crate::data::live::Streams,
 }
 
 impl TaskContext {
@@ -376,6 +382,20 @@ pub trait TaskKind: Send + Sync + Debug {
 
     /// Whether a successful attempt leaves a dataset for the tasks downstream.
     fn produces_dataset(&self) -> bool {
+        false
+    }
+
+    /// Whether its dataset can be handed, as it is written, to the one downstream task
+    /// started beside it ([`crate::data::live`]): it writes one dataset, through
+    /// `dataset::write_streaming`, and nothing after it that a consumer could miss.
+    fn streams_output(&self) -> bool {
+        false
+    }
+
+    /// Whether it can start while its upstream datasets are still being written and take
+    /// them live: it reads each of them through [`crate::data::live::read`], and commits
+    /// nothing before they are complete.
+    fn streams_input(&self) -> bool {
         false
     }
 

@@ -8,17 +8,22 @@
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
 use crate::data::dataset::Scratch;
+use crate::data::live::{self, Streams};
 use crate::data::{dataset, session, spill_dir, DataError};
 use crate::spec::error::SpecError;
 use crate::template::Escape;
 use async_trait::async_trait;
-use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::execution::context::SQLOptions;
-use datafusion::prelude::SessionContext;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, SessionContext};
 use marked_yaml::Node;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// The `sql` kind.
 #[derive(Debug)]
@@ -67,12 +72,14 @@ pub fn scalar(v: &serde_json::Value) -> ScalarValue {
     }
 }
 
-/// Registers the datasets of `tables` that exist in the run as tables of `session`, and
-/// their named outputs (`"check@quarantine"`, written in double quotes).
+/// Registers the datasets of `tables` that exist in the run, or arrive live, as tables of
+/// `session`, and their named outputs (`"check@quarantine"`, written in double quotes).
 pub async fn register_upstream(
     session: &SessionContext,
     data_dir: &Path,
     tables: &[String],
+    streams: &Streams,
+    cancel: &CancellationToken,
 ) -> Result<Vec<String>, DataError> {
     let mut registered = Vec::new();
     let mut all: Vec<String> = Vec::new();
@@ -81,19 +88,67 @@ pub async fn register_upstream(
         all.extend(dataset::outputs(data_dir, t));
     }
     for t in &all {
-        if !dataset::exists(data_dir, t) {
+        if !streams.inputs.contains_key(t) && !dataset::exists(data_dir, t) {
             continue;
         }
-        let df = dataset::read(session, data_dir, t).await?;
-        session
-            .register_table(
-                datafusion::common::TableReference::bare(t.as_str()),
-                df.into_view(),
-            )
-            .map_err(|e| DataError::from_datafusion(format!("registering `{t}`"), e))?;
+        match live::table(t, streams, cancel).await? {
+            // A live input is its own table (not a view), so the query's scans of it count.
+            Some(table) => {
+                session
+                    .register_table(TableReference::bare(t.as_str()), table)
+                    .map_err(|e| DataError::from_datafusion(format!("registering `{t}`"), e))?;
+            }
+            None => register(session, t, dataset::read(session, data_dir, t).await?)?,
+        }
         registered.push(t.clone());
     }
     Ok(registered)
+}
+
+fn register(session: &SessionContext, name: &str, df: DataFrame) -> Result<(), DataError> {
+    session
+        .register_table(TableReference::bare(name), df.into_view())
+        .map_err(|e| DataError::from_datafusion(format!("registering `{name}`"), e))?;
+    Ok(())
+}
+
+/// How many times `plan` scans each table.
+fn scans(plan: &LogicalPlan) -> HashMap<String, usize> {
+    let mut n: HashMap<String, usize> = HashMap::new();
+    let _ = plan.apply_with_subqueries(|p| {
+        if let LogicalPlan::TableScan(scan) = p {
+            *n.entry(scan.table_name.table().to_string()).or_default() += 1;
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    n
+}
+
+/// A live input is a stream: a query may read it once. One that the query reads twice (a
+/// self-join) is read from disk once its producer succeeded; one it does not read at all
+/// is dropped, so that its producer does not wait for a reader that never comes. `counts`
+/// are the query's scans of each table ([`scans`]).
+async fn settle_live_inputs(
+    session: &SessionContext,
+    counts: &HashMap<String, usize>,
+    data_dir: &Path,
+    streams: &Streams,
+    cancel: &CancellationToken,
+) -> Result<(), DataError> {
+    for (name, live) in &streams.inputs {
+        let n = counts.get(name).copied().unwrap_or(0);
+        if n == 1 {
+            continue;
+        }
+        session
+            .deregister_table(TableReference::bare(name.as_str()))
+            .map_err(|e| DataError::from_datafusion(format!("registering `{name}`"), e))?;
+        if n > 1 {
+            live.outcome(cancel).await?;
+            register(session, name, dataset::read(session, data_dir, name).await?)?;
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -124,6 +179,14 @@ impl TaskKind for SqlTask {
         true
     }
 
+    fn streams_output(&self) -> bool {
+        true
+    }
+
+    fn streams_input(&self) -> bool {
+        true
+    }
+
     async fn run(&self, ctx: &TaskContext) -> Result<TaskOutput, TaskError> {
         let text = match (&self.query, &self.file) {
             (_, Some(f)) => std::fs::read_to_string(f).map_err(|e| {
@@ -135,7 +198,14 @@ impl TaskKind for SqlTask {
         let query = ctx.render(&text, Escape::Sql)?;
         let spill = Scratch::new(spill_dir(&ctx.data_dir, &ctx.task_id));
         let session = session(&ctx.data, spill.path())?;
-        let tables = register_upstream(&session, &ctx.data_dir, &ctx.upstream).await?;
+        let tables = register_upstream(
+            &session,
+            &ctx.data_dir,
+            &ctx.upstream,
+            &ctx.streams,
+            &ctx.cancel,
+        )
+        .await?;
         ctx.log.note(&format!(
             "tables: {}",
             if tables.is_empty() {
@@ -150,10 +220,21 @@ impl TaskKind for SqlTask {
             .with_allow_dml(false)
             .with_allow_statements(false);
         let work = async {
-            let mut df = session
-                .sql_with_options(&query, options)
-                .await
-                .map_err(|e| DataError::from_datafusion("the query", e))?;
+            let plan = || async {
+                session
+                    .sql_with_options(&query, options)
+                    .await
+                    .map_err(|e| DataError::from_datafusion("the query", e))
+            };
+            let mut df = plan().await?;
+            if !ctx.streams.inputs.is_empty() {
+                // The plan holds the live tables: dropped before any is replaced.
+                let counts = scans(df.logical_plan());
+                drop(df);
+                settle_live_inputs(&session, &counts, &ctx.data_dir, &ctx.streams, &ctx.cancel)
+                    .await?;
+                df = plan().await?;
+            }
             if query.contains('$') {
                 let params: Vec<(String, ScalarValue)> = ctx
                     .vars
@@ -165,7 +246,8 @@ impl TaskKind for SqlTask {
                     .with_param_values(ParamValues::from(params))
                     .map_err(|e| DataError::from_datafusion("binding params", e))?;
             }
-            dataset::write(df, &ctx.data_dir, &ctx.task_id).await
+            dataset::write_streaming(df, &ctx.data_dir, &ctx.task_id, &ctx.streams, &ctx.cancel)
+                .await
         };
         let result = tokio::select! {
             r = work => r,

@@ -8,6 +8,7 @@
 //! - `data_db`: the PostgreSQL, MySQL/MariaDB and SQLite sources and sinks against real servers.
 //! - `data_files`: file formats (JSON, NDJSON, Parquet, Excel in and out, decimal commas).
 //! - `data_http`: the http_api source against a local HTTP server: pagination, retries, auth.
+//! - `data_stream`: tasks streaming into one another: overlap, failures upstream, odd queries.
 //! - `quality`: validate (rules, quarantine, populations, report) and reconcile/merge.
 //! - `warehouse`: dimension (SCD1/2 in PostgreSQL and Parquet), fact lookups, the calendar.
 //! - `workers`: `cauce worker` processes on PostgreSQL: queues, drain, kill -9, frozen workers, a soak.
@@ -24,6 +25,7 @@ mod data;
 mod data_db;
 mod data_files;
 mod data_http;
+mod data_stream;
 mod engine;
 mod fuzz;
 mod quality;

@@ -399,6 +399,7 @@ fn run_claim(run_id: &str, limit: usize) -> store::ClaimRequest<'_> {
     store::ClaimRequest {
         run_id: Some(run_id),
         queues: None,
+        tasks: None,
         lease: LEASE,
         limit,
     }
@@ -409,6 +410,7 @@ fn queue_claim(queues: &[String], limit: usize) -> store::ClaimRequest<'_> {
     store::ClaimRequest {
         run_id: None,
         queues: Some(queues),
+        tasks: None,
         lease: LEASE,
         limit,
     }
@@ -466,6 +468,7 @@ async fn results_and_claims_share_a_transaction(s: &dyn Store) {
     let claim = store::ClaimRequest {
         run_id: Some("x1"),
         queues: None,
+        tasks: None,
         lease: LEASE,
         limit: 1,
     };
