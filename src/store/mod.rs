@@ -717,17 +717,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         owner: &str,
         lease: Duration,
         now: Millis,
-    ) -> StoreResult<Vec<AttemptRecord>> {
-        self.enqueue(run_id, task_ids, now).await?;
-        let claim = ClaimRequest {
-            run_id: Some(run_id),
-            queues: None,
-            tasks: Some(task_ids),
-            lease,
-            limit: task_ids.len(),
-        };
-        self.claim_many(owner, claim, now).await
-    }
+    ) -> StoreResult<Vec<AttemptRecord>>;
 
     /// Marks `lost` every running attempt whose lease expired or whose owner is listed as
     /// dead (of one run, or of all), and returns them.

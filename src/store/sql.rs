@@ -77,6 +77,23 @@ macro_rules! attempt_cols {
 }
 
 impl SqlStore {
+    /// Enqueues `task_ids` of run `run_id`, then claims what `claim` asks for, in one
+    /// transaction.
+    async fn enqueue_then_claim(
+        &self,
+        run_id: &str,
+        task_ids: &[String],
+        owner: &str,
+        claim: ClaimRequest<'_>,
+        now: Millis,
+    ) -> StoreResult<Vec<AttemptRecord>> {
+        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
+        enqueue_in(&mut tx, run_id, task_ids, now).await?;
+        let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
     /// Connects (creating a SQLite file if needed) and brings the schema up to date.
     pub async fn open(url: &str) -> StoreResult<SqlStore> {
         sqlx::any::install_default_drivers();
@@ -1045,8 +1062,6 @@ impl Store for SqlStore {
         limit: usize,
         now: Millis,
     ) -> StoreResult<Vec<AttemptRecord>> {
-        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        enqueue_in(&mut tx, run_id, task_ids, now).await?;
         let claim = ClaimRequest {
             run_id: Some(run_id),
             queues: None,
@@ -1054,9 +1069,8 @@ impl Store for SqlStore {
             lease,
             limit,
         };
-        let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
-        tx.commit().await?;
-        Ok(claimed)
+        self.enqueue_then_claim(run_id, task_ids, owner, claim, now)
+            .await
     }
 
     async fn start_tasks(
@@ -1067,8 +1081,6 @@ impl Store for SqlStore {
         lease: Duration,
         now: Millis,
     ) -> StoreResult<Vec<AttemptRecord>> {
-        let mut tx = self.pool.begin_with(self.begin_sql()).await?;
-        enqueue_in(&mut tx, run_id, task_ids, now).await?;
         let claim = ClaimRequest {
             run_id: Some(run_id),
             queues: None,
@@ -1076,9 +1088,8 @@ impl Store for SqlStore {
             lease,
             limit: task_ids.len(),
         };
-        let claimed = claim_in(&mut tx, self.dialect, owner, claim, now).await?;
-        tx.commit().await?;
-        Ok(claimed)
+        self.enqueue_then_claim(run_id, task_ids, owner, claim, now)
+            .await
     }
 
     async fn finalize_tasks(

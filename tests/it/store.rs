@@ -449,6 +449,40 @@ async fn claim_many_takes_up_to_the_limit_in_queue_order(s: &dyn Store) {
     assert_eq!(states, vec![TaskState::Running; 3]);
 }
 
+/// The tasks a coordinator starts beside their streaming upstream are claimed themselves,
+/// not older attempts that happen to be queued.
+async fn started_tasks_are_claimed_ahead_of_older_queued_ones(s: &dyn Store) {
+    s.create_run(&new_run("st", &["a", "b", "c"]), 0)
+        .await
+        .unwrap();
+    s.enqueue("st", &["a".into()], 0).await.unwrap();
+    let got = s
+        .start_tasks("st", &["c".into()], "w", LEASE, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        vec!["c"]
+    );
+    let states: Vec<TaskState> = s
+        .task_runs("st")
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.state)
+        .collect();
+    assert_eq!(
+        states,
+        vec![TaskState::Queued, TaskState::Pending, TaskState::Running]
+    );
+    // The older one is still there for the next ordinary claim.
+    let next = s.claim_many("w", run_claim("st", 5), 2).await.unwrap();
+    assert_eq!(
+        next.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
+        vec!["a"]
+    );
+}
+
 async fn results_and_claims_share_a_transaction(s: &dyn Store) {
     s.create_run(&new_run("x1", &["a", "b", "c"]), 0)
         .await
@@ -880,6 +914,7 @@ async fn stopping_leaves_claimed_tasks_and_changes_are_read_by_time(s: &dyn Stor
 }
 
 conformance!(
+    started_tasks_are_claimed_ahead_of_older_queued_ones,
     stopping_leaves_claimed_tasks_and_changes_are_read_by_time,
     runs_round_trip,
     queue_claim_complete,
