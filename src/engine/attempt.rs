@@ -1,8 +1,10 @@
 //! One attempt of one task: builds its [`TaskContext`] (log file, environment, template
 //! variables), runs the task kind with its timeout, and returns what happened. With an
 //! object store for shared data it also fetches the upstream datasets this machine lacks
-//! and uploads its own dataset and its log ([`crate::shared`]). It writes nothing to the
-//! store; the run coordinator (or the worker) records the outcome.
+//! and uploads its own dataset and its log ([`crate::shared`]). When the attempt streams
+//! (its dataset into a consumer, or its inputs from producers, [`crate::data::live`]), it
+//! ends those hand-overs with its result however it ends. It writes nothing to the store;
+//! the run coordinator (or the worker) records the outcome.
 
 use super::{RunInfo, Services};
 use crate::data::live::{EndOnDrop, Streams};
