@@ -12,7 +12,7 @@
 //! consumer's ([`read`]), and the wait between them. It touches neither the store nor files.
 
 use super::stream::{stream_error, stream_frame, stream_table, BatchSender, CHANNEL_BATCHES};
-use super::{dataset, DataError};
+use super::{dataset, DataError, DataSettings};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
@@ -163,9 +163,25 @@ pub struct Streams {
     pub out: Option<Arc<Live>>,
     /// The upstream tasks whose datasets arrive live, by task id.
     pub inputs: HashMap<String, Arc<Live>>,
+    /// How many tasks, this one included, were started together joined by streams (0 or
+    /// 1: alone). They share one `data.max_memory` ([`Streams::settings`]).
+    pub group: usize,
 }
 
 impl Streams {
+    /// The data settings of an attempt of this group: `max_memory` split evenly among
+    /// the tasks streaming together (at least 64 MiB each), so a chain holds no more
+    /// than one task alone would.
+    pub fn settings(&self, data: &Arc<DataSettings>) -> Arc<DataSettings> {
+        if self.group <= 1 {
+            return Arc::clone(data);
+        }
+        Arc::new(DataSettings {
+            max_memory: (data.max_memory / self.group as u64).max(64 << 20),
+            ..DataSettings::clone(data)
+        })
+    }
+
     /// The attempt ended (`Err` with its error): its consumer's input ends, and the feeds
     /// it did not take are let go, so that no producer waits for it. Ending twice changes
     /// nothing.

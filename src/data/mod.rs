@@ -98,7 +98,8 @@ impl From<DataError> for TaskError {
 #[derive(Debug, Clone)]
 pub struct DataSettings {
     /// Memory the query engine may hold for sorts, joins and aggregations of one task
-    /// before it spills to disk.
+    /// (or of a group of tasks streaming together, [`live::Streams::settings`]) before it
+    /// spills to disk.
     pub max_memory: u64,
     /// Rows per Arrow batch.
     pub batch_size: usize,

@@ -177,7 +177,7 @@ pub async fn run_attempt(
         work_dir: run.pipeline.base_dir.clone(),
         data_dir,
         upstream: task.depends_on.clone(),
-        data: Arc::clone(&services.data),
+        data: streams.0.settings(&services.data),
         python: services.project.settings.python.clone(),
         python_path: services.project.settings.python_path.clone(),
         kill_grace: services.project.settings.kill_grace,

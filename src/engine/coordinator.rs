@@ -680,8 +680,20 @@ impl Coordinator {
                 .chain(extra.iter())
                 .map(|a| a.task_id.as_str())
                 .collect();
+            // Tasks joined by streams run as one: they share one `max_memory`.
+            let mut group: HashMap<String, usize> = HashMap::new();
             for (consumer, producers) in plan.iter().filter(|(c, _)| started.contains(c.as_str())) {
                 for p in producers.iter().filter(|p| started.contains(p.as_str())) {
+                    let g = match (group.get(consumer).copied(), group.get(p).copied()) {
+                        (Some(a), Some(b)) if a != b => {
+                            group.values_mut().filter(|v| **v == b).for_each(|v| *v = a);
+                            a
+                        }
+                        (Some(a), _) | (None, Some(a)) => a,
+                        (None, None) => group.len(),
+                    };
+                    group.insert(consumer.clone(), g);
+                    group.insert(p.clone(), g);
                     let live = Live::new(p);
                     streams.entry(p.clone()).or_default().out = Some(Arc::clone(&live));
                     self.live.insert(p.clone(), Arc::clone(&live));
@@ -691,6 +703,10 @@ impl Coordinator {
                         .inputs
                         .insert(p.clone(), live);
                 }
+            }
+            for (task, g) in &group {
+                streams.entry(task.clone()).or_default().group =
+                    group.values().filter(|v| *v == g).count();
             }
             claimed.extend(extra);
         }
