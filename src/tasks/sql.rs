@@ -72,6 +72,15 @@ pub fn scalar(v: &serde_json::Value) -> ScalarValue {
     }
 }
 
+/// What [`register_upstream`] registered.
+#[derive(Debug, Default)]
+pub struct Registered {
+    /// Every table, in order.
+    pub tables: Vec<String>,
+    /// Those registered as live feeds rather than datasets on disk.
+    pub live: Vec<String>,
+}
+
 /// Registers the datasets of `tables` that exist in the run, or arrive live, as tables of
 /// `session`, and their named outputs (`"check@quarantine"`, written in double quotes).
 pub async fn register_upstream(
@@ -80,8 +89,8 @@ pub async fn register_upstream(
     tables: &[String],
     streams: &Streams,
     cancel: &CancellationToken,
-) -> Result<Vec<String>, DataError> {
-    let mut registered = Vec::new();
+) -> Result<Registered, DataError> {
+    let mut registered = Registered::default();
     let mut all: Vec<String> = Vec::new();
     for t in tables {
         all.push(t.clone());
@@ -97,10 +106,11 @@ pub async fn register_upstream(
                 session
                     .register_table(TableReference::bare(t.as_str()), table)
                     .map_err(|e| DataError::from_datafusion(format!("registering `{t}`"), e))?;
+                registered.live.push(t.clone());
             }
             None => register(session, t, dataset::read(session, data_dir, t).await?)?,
         }
-        registered.push(t.clone());
+        registered.tables.push(t.clone());
     }
     Ok(registered)
 }
@@ -124,27 +134,25 @@ fn scans(plan: &LogicalPlan) -> HashMap<String, usize> {
     n
 }
 
-/// A live input is a stream: a query may read it once. One that the query reads twice (a
-/// self-join) is read from disk once its producer succeeded; one it does not read at all
-/// is dropped, so that its producer does not wait for a reader that never comes. `counts`
-/// are the query's scans of each table ([`scans`]).
+/// A live input is a stream: a query may read it once. Of the tables registered `live`,
+/// one that the query reads twice (a self-join) is read from disk once its producer
+/// succeeded; one it does not read at all is dropped, so that its producer does not wait for
+/// a reader that never comes. `counts` are the query's scans of each table ([`scans`]).
 async fn settle_live_inputs(
     session: &SessionContext,
     counts: &HashMap<String, usize>,
+    live: &[&String],
     data_dir: &Path,
     streams: &Streams,
     cancel: &CancellationToken,
 ) -> Result<(), DataError> {
-    for (name, live) in &streams.inputs {
-        let n = counts.get(name).copied().unwrap_or(0);
-        if n == 1 {
-            continue;
-        }
+    for name in live {
         session
             .deregister_table(TableReference::bare(name.as_str()))
             .map_err(|e| DataError::from_datafusion(format!("registering `{name}`"), e))?;
-        if n > 1 {
-            live.outcome(cancel).await?;
+        let read_twice = counts.get(*name).copied().unwrap_or(0) > 1;
+        if let (true, Some(feed)) = (read_twice, streams.inputs.get(*name)) {
+            feed.outcome(cancel).await?;
             register(session, name, dataset::read(session, data_dir, name).await?)?;
         }
     }
@@ -208,10 +216,10 @@ impl TaskKind for SqlTask {
         .await?;
         ctx.log.note(&format!(
             "tables: {}",
-            if tables.is_empty() {
+            if tables.tables.is_empty() {
                 "none".to_string()
             } else {
-                tables.join(", ")
+                tables.tables.join(", ")
             }
         ));
         ctx.log.write_bytes(format!("{query}\n").as_bytes());
@@ -227,11 +235,17 @@ impl TaskKind for SqlTask {
                     .map_err(|e| DataError::from_datafusion("the query", e))
             };
             let mut df = plan().await?;
-            if !ctx.streams.inputs.is_empty() {
+            let counts = scans(df.logical_plan());
+            let unsettled: Vec<&String> = tables
+                .live
+                .iter()
+                .filter(|t| counts.get(*t).copied().unwrap_or(0) != 1)
+                .collect();
+            if !unsettled.is_empty() {
                 // The plan holds the live tables: dropped before any is replaced.
-                let counts = scans(df.logical_plan());
                 drop(df);
-                settle_live_inputs(&session, &counts, &ctx.data_dir, &ctx.streams, &ctx.cancel)
+                let (dir, streams) = (&ctx.data_dir, &ctx.streams);
+                settle_live_inputs(&session, &counts, &unsettled, dir, streams, &ctx.cancel)
                     .await?;
                 df = plan().await?;
             }
