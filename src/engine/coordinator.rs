@@ -680,33 +680,11 @@ impl Coordinator {
                 .chain(extra.iter())
                 .map(|a| a.task_id.as_str())
                 .collect();
-            // Tasks joined by streams run as one: they share one `max_memory`.
-            let mut group: HashMap<String, usize> = HashMap::new();
-            for (consumer, producers) in plan.iter().filter(|(c, _)| started.contains(c.as_str())) {
-                for p in producers.iter().filter(|p| started.contains(p.as_str())) {
-                    let g = match (group.get(consumer).copied(), group.get(p).copied()) {
-                        (Some(a), Some(b)) if a != b => {
-                            group.values_mut().filter(|v| **v == b).for_each(|v| *v = a);
-                            a
-                        }
-                        (Some(a), _) | (None, Some(a)) => a,
-                        (None, None) => group.len(),
-                    };
-                    group.insert(consumer.clone(), g);
-                    group.insert(p.clone(), g);
-                    let live = Live::new(p);
-                    streams.entry(p.clone()).or_default().out = Some(Arc::clone(&live));
-                    self.live.insert(p.clone(), Arc::clone(&live));
-                    streams
-                        .entry(consumer.clone())
-                        .or_default()
-                        .inputs
-                        .insert(p.clone(), live);
+            streams = wire_streams(&plan, &started);
+            for (task, s) in &streams {
+                if let Some(live) = &s.out {
+                    self.live.insert(task.clone(), Arc::clone(live));
                 }
-            }
-            for (task, g) in &group {
-                streams.entry(task.clone()).or_default().group =
-                    group.values().filter(|v| *v == g).count();
             }
             claimed.extend(extra);
         }
@@ -992,6 +970,43 @@ impl Coordinator {
     }
 }
 
+/// The hand-overs of a stream plan ([`Coordinator::plan_streams`]) between attempts that
+/// all start now (`started`): one [`Live`] per producer and its consumer, and each task's
+/// group size, the tasks joined by streams (they share one `max_memory`). A producer feeds
+/// one consumer, so every group is a tree whose root is the consumer that feeds no one.
+fn wire_streams(
+    plan: &[(String, Vec<String>)],
+    started: &HashSet<&str>,
+) -> HashMap<String, Streams> {
+    let mut streams: HashMap<String, Streams> = HashMap::new();
+    let mut consumer_of: HashMap<&str, &str> = HashMap::new();
+    for (consumer, producers) in plan.iter().filter(|(c, _)| started.contains(c.as_str())) {
+        for p in producers.iter().filter(|p| started.contains(p.as_str())) {
+            let live = Live::new(p);
+            streams.entry(p.clone()).or_default().out = Some(Arc::clone(&live));
+            streams
+                .entry(consumer.clone())
+                .or_default()
+                .inputs
+                .insert(p.clone(), live);
+            consumer_of.insert(p, consumer);
+        }
+    }
+    let mut root_of: HashMap<String, String> = HashMap::new();
+    for task in streams.keys() {
+        let mut t = task.as_str();
+        while let Some(c) = consumer_of.get(t) {
+            t = c;
+        }
+        root_of.insert(task.clone(), t.to_string());
+    }
+    for (task, s) in &mut streams {
+        let mine = &root_of[task];
+        s.group = root_of.values().filter(|r| *r == mine).count();
+    }
+    streams
+}
+
 /// What follows an attempt of `task` (whose retry budget started at attempt
 /// `budget_base`): a final state or a retry after its backoff (none when `giving_up`), and
 /// the event to show. The coordinator and `cauce worker` decide alike.
@@ -1091,5 +1106,35 @@ pub(super) fn attempt_result(o: &AttemptOutcome, svc: &super::Services) -> Attem
         output,
         metrics,
         log_path: Some(o.log_path.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_joined_by_streams_form_one_group_and_only_started_ones_are_wired() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // raw -> q -> save, and two extracts into one join; `late` did not start.
+        let plan = vec![
+            ("q".to_string(), s(&["raw"])),
+            ("save".to_string(), s(&["q"])),
+            ("join".to_string(), s(&["a", "b"])),
+            ("other".to_string(), s(&["late"])),
+        ];
+        let started: HashSet<&str> = ["raw", "q", "save", "a", "b", "join", "other"].into();
+        let w = wire_streams(&plan, &started);
+        for t in ["raw", "q", "save"] {
+            assert_eq!(w[t].group, 3, "{t}");
+        }
+        for t in ["a", "b", "join"] {
+            assert_eq!(w[t].group, 3, "{t}");
+        }
+        assert!(w["raw"].out.is_some() && w["raw"].inputs.is_empty());
+        assert!(w["q"].out.is_some() && w["q"].inputs.contains_key("raw"));
+        assert!(w["save"].out.is_none() && w["save"].inputs.contains_key("q"));
+        assert_eq!(w["join"].inputs.len(), 2);
+        assert!(!w.contains_key("other") && !w.contains_key("late"));
     }
 }
