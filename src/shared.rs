@@ -7,7 +7,7 @@
 //! log it does not have when asked for it; run reports are uploaded when written.
 //!
 //! Keys mirror the paths under `.cauce/`: `PREFIX/logs/RUN/TASK.N.log`,
-//! `PREFIX/data/RUN/TASK/part-0.parquet`, `PREFIX/reports/RUN.json`. A download lands under
+//! `PREFIX/data/RUN/TASK/part-000-000000.arrow`, `PREFIX/reports/RUN.json`. A download lands under
 //! a temporary name and is renamed, so a reader never sees half a file or half a dataset.
 //! Credentials, region and endpoint come from the standard `AWS_*` variables.
 //!

@@ -1,5 +1,5 @@
-//! Datasets: the output of an `extract`, `sql` (or `validate`) task, materialised as LZ4
-//! Parquet files in a folder named by the task id under the run's data folder
+//! Datasets: the output of an `extract`, `sql` (or `validate`) task, materialised as Arrow
+//! IPC files ([`super::files`]) in a folder named by the task id under the run's data folder
 //! (`.cauce/data/RUN/TASK/`); a task's named extra outputs are folders `TASK@NAME`. A dataset is written under a temporary name and renamed when
 //! complete, so a folder with the task's name is always a whole dataset; a retried run finds
 //! the datasets of tasks that succeeded where they were and reads them again. Old runs'
@@ -9,9 +9,7 @@ use super::DataError;
 use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::config::TableParquetOptions;
-use datafusion::dataframe::DataFrameWriteOptions;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use datafusion::prelude::{DataFrame, SessionContext};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -86,22 +84,6 @@ pub fn writer_options(df: &DataFrame, compression: &str) -> TableParquetOptions 
         ..Default::default()
     };
     o.global.compression = Some(compression.to_string());
-    o
-}
-
-/// How datasets are encoded: LZ4, no dictionaries, no column statistics. A dataset is read
-/// once or twice by the tasks of the same run, so it is written for speed: dictionary
-/// encoding cost the writer more than the rest of the encoding together on text columns of
-/// many distinct values (a 5-million-row extract went from 4.3 s to 2.3 s without it, and
-/// LZ4 from zstd saved 0.3 s more), at about twice the bytes of zstd. Min/max statistics
-/// (per page and per row group) took 0.2 s of that extract's 1.6 s; what they buy, skipping
-/// row groups for a filter, is worth little on a file read whole right after it was
-/// written. Row counts stay in the footer, which is what join planning uses. `lz4_raw` is
-/// the LZ4 framing every current Parquet reader takes (DuckDB, pyarrow, Spark).
-pub fn dataset_options(df: &DataFrame) -> TableParquetOptions {
-    let mut o = writer_options(df, "lz4_raw");
-    o.global.dictionary_enabled = Some(false);
-    o.global.statistics_enabled = Some("none".into());
     o
 }
 
@@ -210,55 +192,17 @@ pub async fn write_streaming(
     let guard = Scratch::new(temp_beside(&target, "tmp"));
     let tmp = guard.path();
     let df = super::types::normalize(df)?;
-    let schema = df.schema().inner().clone();
-    let path = format!("{}/", tmp.display());
-    let opts = dataset_options(&df);
     let df = match &streams.out {
         Some(live) => live.tee(df).await?,
         None => df,
     };
-    let batches = df
-        .write_parquet(&path, DataFrameWriteOptions::new(), Some(opts))
-        .await
-        .map_err(|e| DataError::from_datafusion("writing the dataset", e))?;
-    let rows = count_rows(&batches);
-    // An empty result writes no file; keep its schema in one empty file so readers see
-    // the columns.
-    if !has_parquet(tmp) {
-        write_empty(tmp, schema)?;
-    }
+    let rows = super::files::write(df, tmp).await?;
     streams.upstream_done(cancel).await?;
     replace_dir(tmp, &target)?;
     Ok(Written {
         rows,
         bytes: size_of(&target),
     })
-}
-
-fn has_parquet(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .any(|e| e.path().extension().is_some_and(|x| x == "parquet"))
-        })
-        .unwrap_or(false)
-}
-
-/// Writes one Parquet file with `schema` and no rows into `dir`.
-pub fn write_empty(
-    dir: &Path,
-    schema: datafusion::arrow::datatypes::SchemaRef,
-) -> Result<(), DataError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| DataError::io(format!("cannot create {}", dir.display()), e))?;
-    let file = dir.join("empty.parquet");
-    let f = std::fs::File::create(&file)
-        .map_err(|e| DataError::io(format!("cannot create {}", file.display()), e))?;
-    let w = ArrowWriter::try_new(f, schema, None)
-        .map_err(|e| DataError::io(format!("writing {}", file.display()), e))?;
-    w.close()
-        .map_err(|e| DataError::io(format!("writing {}", file.display()), e))?;
-    Ok(())
 }
 
 /// Puts the complete folder `tmp` where `target` is: the old one, if any, is moved aside
@@ -301,8 +245,8 @@ pub async fn read(
             "task `{task_id}` has no dataset in this run (is it an extract, sql or validate task, and did it succeed?)"
         )));
     }
-    ctx.read_parquet(format!("{}/", d.display()), ParquetReadOptions::default())
-        .await
+    let table = super::files::DatasetTable::open(&d)?;
+    ctx.read_table(std::sync::Arc::new(table))
         .map_err(|e| DataError::from_datafusion(format!("reading the dataset of `{task_id}`"), e))
 }
 

@@ -8,6 +8,7 @@
 //! [`crate::tasks`]. Nothing here touches the store.
 
 pub mod dataset;
+pub mod files;
 pub mod live;
 pub mod memory;
 pub mod mysql;

@@ -197,9 +197,14 @@ pub fn apply(
 }
 
 /// The type a column is stored as: timestamps in microseconds (Parquet has no seconds, and
-/// readers such as pyarrow and DuckDB read microseconds everywhere), text as plain UTF-8.
+/// readers such as pyarrow and DuckDB read microseconds everywhere), text as plain UTF-8,
+/// dictionary-encoded columns (a Parquet file written by pandas) as their values (an Arrow
+/// IPC file holds one dictionary per column for all its batches).
 fn storage_type(t: &DataType) -> Option<DataType> {
     match t {
+        DataType::Dictionary(_, values) => {
+            Some(storage_type(values).unwrap_or_else(|| values.as_ref().clone()))
+        }
         DataType::Timestamp(unit, tz) if *unit != TimeUnit::Microsecond => {
             Some(DataType::Timestamp(TimeUnit::Microsecond, tz.clone()))
         }

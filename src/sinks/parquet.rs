@@ -231,7 +231,7 @@ impl Sink for ParquetSink {
             let file = staging_file.path();
             if !file.exists() {
                 // No rows: still leave a file with the columns.
-                crate::data::dataset::write_empty(staging, schema.inner().clone())?;
+                write_empty(staging, schema.inner().clone())?;
                 std::fs::rename(staging.join("empty.parquet"), file)
                     .map_err(|e| DataError::io("writing an empty file", e))?;
             }
@@ -309,7 +309,7 @@ impl ParquetSink {
     ) -> Result<Written, DataError> {
         if !staging.exists() {
             if self.partition_by.is_empty() && self.mode == FileMode::Replace {
-                crate::data::dataset::write_empty(staging, schema)?;
+                write_empty(staging, schema)?;
             } else {
                 return Ok(Written { rows, bytes: 0 }); // nothing to add
             }
@@ -325,4 +325,21 @@ impl ParquetSink {
         }
         Ok(Written { rows, bytes })
     }
+}
+
+/// Writes one Parquet file with `schema` and no rows into `dir`.
+fn write_empty(
+    dir: &Path,
+    schema: datafusion::arrow::datatypes::SchemaRef,
+) -> Result<(), DataError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DataError::io(format!("cannot create {}", dir.display()), e))?;
+    let file = dir.join("empty.parquet");
+    let f = std::fs::File::create(&file)
+        .map_err(|e| DataError::io(format!("cannot create {}", file.display()), e))?;
+    let w = datafusion::parquet::arrow::ArrowWriter::try_new(f, schema, None)
+        .map_err(|e| DataError::io(format!("writing {}", file.display()), e))?;
+    w.close()
+        .map_err(|e| DataError::io(format!("writing {}", file.display()), e))?;
+    Ok(())
 }

@@ -527,3 +527,60 @@ print(t.column('precio').to_pylist(), t.column('unidades').to_pylist(), t.column
     assert!(err.contains("mal.csv: line 3, column `importe`"), "{err}");
     assert!(err.contains("`12,5,0`"), "{err}");
 }
+
+#[test]
+fn dictionary_columns_pass_through_datasets_and_datasets_read_back_as_arrow_files() {
+    // pandas writes categorical columns as Parquet dictionaries, with a different dictionary
+    // in each row group; a dataset stores the values.
+    let p = Project::new();
+    py(
+        p.path(),
+        r#"
+import pyarrow as pa, pyarrow.parquet as pq, os
+os.makedirs('in', exist_ok=True)
+regions = pa.array(['norte', 'sur'] * 3 + ['este', 'oeste'] * 3).dictionary_encode()
+t = pa.table({'id': pa.array(range(12), pa.int64()), 'region': regions})
+pq.write_table(t, 'in/cat.parquet', row_group_size=3)
+"#,
+    );
+    p.pipeline(
+        "cat",
+        r#"
+tasks:
+  raw:
+    extract: {source: parquet, path: in/cat.parquet}
+  q:
+    depends_on: [raw]
+    sql: SELECT region, COUNT(*) AS n, SUM(id) AS s FROM raw GROUP BY region
+  out:
+    depends_on: [q]
+    load: {sink: csv, path: out/regions.csv}
+"#,
+    );
+    let r = p.run(&["run", "cat"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let id = latest_run(&p);
+    let out = py(
+        p.path(),
+        &format!(
+            r#"
+import csv, pyarrow.dataset as ds
+rows = sorted((r['region'], r['n'], r['s']) for r in csv.DictReader(open('out/regions.csv')))
+print(rows)
+raw = ds.dataset('.cauce/data/{id}/raw', format='arrow').to_table()
+print(raw.num_rows, raw.schema.field('region').type, sorted(set(raw.column('region').to_pylist())))
+"#
+        ),
+    );
+    let mut lines = out.lines();
+    assert_eq!(
+        lines.next(),
+        Some("[('este', '3', '24'), ('norte', '3', '6'), ('oeste', '3', '27'), ('sur', '3', '9')]"),
+        "{out}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("12 string ['este', 'norte', 'oeste', 'sur']"),
+        "{out}"
+    );
+}

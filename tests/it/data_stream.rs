@@ -92,7 +92,7 @@ fn a_chain_streams_and_still_writes_every_dataset() {
 import pyarrow.parquet as pq, pyarrow.dataset as ds
 t = pq.read_table('out/n.parquet')
 print(t.num_rows, sum(t.column('w').to_pylist()), str(t.schema.field('w').type))
-print(ds.dataset('.cauce/data/{id}/raw', format='parquet').count_rows(), ds.dataset('.cauce/data/{id}/q', format='parquet').count_rows())
+print(ds.dataset('.cauce/data/{id}/raw', format='arrow').count_rows(), ds.dataset('.cauce/data/{id}/q', format='arrow').count_rows())
 "#
         ),
     );
