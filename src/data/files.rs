@@ -397,3 +397,78 @@ impl Iterator for Batches {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::prelude::SessionContext;
+
+    fn frame(ctx: &SessionContext, rows: i64) -> DataFrame {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+        ]));
+        let batches: Vec<RecordBatch> = (0..rows)
+            .step_by(1000)
+            .map(|start| {
+                let ids: Vec<i64> = (start..(start + 1000).min(rows)).collect();
+                let names: Vec<String> = ids.iter().map(|i| format!("n{i}")).collect();
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![
+                        Arc::new(Int64Array::from(ids)),
+                        Arc::new(StringArray::from(names)),
+                    ],
+                )
+                .unwrap()
+            })
+            .collect();
+        let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
+        ctx.read_table(Arc::new(table)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_dataset_reads_back_whole_with_its_row_count_and_a_damaged_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = SessionContext::new();
+        let ds = dir.path().join("ds");
+        assert_eq!(write(frame(&ctx, 10_000), &ds).await.unwrap(), 10_000);
+        let table = DatasetTable::open(&ds).unwrap();
+        assert_eq!(table.rows(), 10_000);
+        ctx.register_table("ds", Arc::new(table)).unwrap();
+        let out = ctx
+            .sql("SELECT COUNT(*) AS n, SUM(id) AS s, MAX(name) AS m FROM ds WHERE id % 2 = 0")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
+            .unwrap()
+            .to_string();
+        assert!(text.contains("| 5000 | 24995000 | n9998 |"), "{text}");
+
+        // No rows: one file with the columns.
+        let empty = dir.path().join("empty");
+        let none = frame(&ctx, 10)
+            .filter(datafusion::prelude::col("id").lt(datafusion::prelude::lit(0)))
+            .unwrap();
+        assert_eq!(write(none, &empty).await.unwrap(), 0);
+        let table = DatasetTable::open(&empty).unwrap();
+        assert_eq!((table.rows(), table.schema().fields().len()), (0, 2));
+
+        // A truncated file is an error naming it, not a panic or missing rows.
+        let file = std::fs::read_dir(&ds)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(100).unwrap();
+        let err = DatasetTable::open(&ds).unwrap_err().to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+}
