@@ -52,10 +52,10 @@ use std::sync::Arc;
 pub const EXTENSION: &str = "arrow";
 
 /// The footer key of a file's row count.
-pub const ROWS_KEY: &str = "cauce.rows";
+const ROWS_KEY: &str = "cauce.rows";
 
 /// Bytes of Arrow data a file takes before the writer starts the next one.
-pub const FILE_BYTES: usize = 64 << 20;
+const FILE_BYTES: usize = 64 << 20;
 
 fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataError {
     DataError::io(what, e)

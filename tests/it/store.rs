@@ -395,6 +395,12 @@ async fn concurrent_claims_never_share_an_attempt(s: Arc<dyn Store>) {
 }
 
 /// A coordinator's claim: attempts of one run.
+/// The states of run `run_id`'s tasks, in task order.
+async fn task_states(s: &dyn Store, run_id: &str) -> Vec<TaskState> {
+    let runs = s.task_runs(run_id).await.unwrap();
+    runs.iter().map(|t| t.state).collect()
+}
+
 fn run_claim(run_id: &str, limit: usize) -> store::ClaimRequest<'_> {
     store::ClaimRequest {
         run_id: Some(run_id),
@@ -439,13 +445,7 @@ async fn claim_many_takes_up_to_the_limit_in_queue_order(s: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
-    let states: Vec<TaskState> = s
-        .task_runs("m1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.state)
-        .collect();
+    let states = task_states(s, "m1").await;
     assert_eq!(states, vec![TaskState::Running; 3]);
 }
 
@@ -464,13 +464,7 @@ async fn started_tasks_are_claimed_ahead_of_older_queued_ones(s: &dyn Store) {
         got.iter().map(|a| a.task_id.as_str()).collect::<Vec<_>>(),
         vec!["c"]
     );
-    let states: Vec<TaskState> = s
-        .task_runs("st")
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.state)
-        .collect();
+    let states = task_states(s, "st").await;
     assert_eq!(
         states,
         vec![TaskState::Queued, TaskState::Pending, TaskState::Running]
@@ -547,13 +541,7 @@ async fn results_and_claims_share_a_transaction(s: &dyn Store) {
             .collect::<Vec<_>>(),
         vec!["b"]
     );
-    let states: Vec<TaskState> = s
-        .task_runs("x1")
-        .await
-        .unwrap()
-        .iter()
-        .map(|t| t.state)
-        .collect();
+    let states = task_states(s, "x1").await;
     assert_eq!(
         states,
         vec![TaskState::Success, TaskState::Running, TaskState::Pending]
