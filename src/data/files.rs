@@ -210,7 +210,10 @@ impl DatasetTable {
             files.push(File { path, rows, bytes });
         }
         let schema = schema
-            .ok_or_else(|| DataError::Io(format!("{} holds no dataset file", dir.display())))?;
+            .ok_or_else(|| DataError::Io(format!(
+                "{} holds no dataset file (.{EXTENSION}); datasets written as Parquet by an older cauce are not read: start a new run",
+                dir.display()
+            )))?;
         Ok(DatasetTable { schema, files })
     }
 
