@@ -87,6 +87,16 @@ def main():
     # Physical floor: reading the CSV once from the page cache.
     floor, _, _ = timed(["cat", os.path.join(inp, "sales.csv")])
     print(f"floor: reading the sales CSV (cat): {floor:.2f}s")
+    # And writing as many bytes into new files, through the page cache and around it: on a
+    # virtual machine whose host takes back free memory, new page-cache pages cost several
+    # times what they do once the memory was in use, and that changes from minute to minute.
+    # cauce writes its datasets (about the CSV's size per task) through the page cache.
+    mib = max(1, size >> 20)
+    probe = os.path.join(work, "page-cache-probe")
+    for label, flags in (("through the page cache", []), ("direct", ["oflag=direct"])):
+        secs, _, _ = timed(["dd", "if=/dev/zero", f"of={probe}", "bs=1M", f"count={mib}", "status=none"] + flags)
+        os.remove(probe)
+        print(f"floor: writing {mib} MiB into a new file {label} (dd): {secs:.2f}s")
 
     t1 = f"""
     tasks:
