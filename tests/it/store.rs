@@ -394,13 +394,13 @@ async fn concurrent_claims_never_share_an_attempt(s: Arc<dyn Store>) {
     );
 }
 
-/// A coordinator's claim: attempts of one run.
 /// The states of run `run_id`'s tasks, in task order.
 async fn task_states(s: &dyn Store, run_id: &str) -> Vec<TaskState> {
     let runs = s.task_runs(run_id).await.unwrap();
     runs.iter().map(|t| t.state).collect()
 }
 
+/// A coordinator's claim: attempts of one run.
 fn run_claim(run_id: &str, limit: usize) -> store::ClaimRequest<'_> {
     store::ClaimRequest {
         run_id: Some(run_id),
