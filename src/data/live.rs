@@ -22,6 +22,7 @@ use datafusion::prelude::{DataFrame, SessionContext};
 use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -48,6 +49,9 @@ pub struct Live {
     tx: Mutex<Option<BatchSender>>,
     /// The receiving half, taken by the consumer (once); dropping it unblocks the producer.
     rx: Mutex<Option<Feed>>,
+    /// About how many bytes the producer reads, when it knows before it starts (0: it does
+    /// not): the size a query plans the live table with ([`Live::size_hint`]).
+    bytes: AtomicU64,
 }
 
 impl Live {
@@ -59,7 +63,19 @@ impl Live {
             phase: watch::Sender::new(Phase::Starting),
             tx: Mutex::new(Some(tx)),
             rx: Mutex::new(Some(rx)),
+            bytes: AtomicU64::new(0),
         })
+    }
+
+    /// Producer, before [`Live::tee`]: it will read about `bytes` (the files of a file
+    /// source). A consumer joining this input with others plans the join with it; without
+    /// it, such a consumer reads the finished dataset instead ([`table`]).
+    pub fn size_hint(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Release);
+    }
+
+    fn known_size(&self) -> Option<u64> {
+        Some(self.bytes.load(Ordering::Acquire)).filter(|b| *b > 0)
     }
 
     /// Producer: the frame to write instead of `df`, which also sends each batch down the
@@ -224,7 +240,7 @@ pub async fn read(
     streams: &Streams,
     cancel: &CancellationToken,
 ) -> Result<DataFrame, DataError> {
-    match table(task_id, streams, cancel).await? {
+    match table(task_id, streams, false, cancel).await? {
         Some(t) => ctx
             .read_table(t)
             .map_err(|e| DataError::from_datafusion("setting up a stream", e)),
@@ -233,19 +249,29 @@ pub async fn read(
 }
 
 /// [`read`] as a table to register: the live feed, or `None` for the dataset on disk
-/// (its producer, if it streamed, has succeeded).
+/// (its producer, if it streamed, has succeeded). With `sized`, a feed whose producer gave
+/// no [`Live::size_hint`] is let go and the dataset read once written: a query joining
+/// several tables must not take a stream of unknown size for the small side of a join
+/// (DataFusion hashes that side whole, in memory).
 pub async fn table(
     task_id: &str,
     streams: &Streams,
+    sized: bool,
     cancel: &CancellationToken,
 ) -> Result<Option<Arc<dyn TableProvider>>, DataError> {
     let Some(live) = streams.inputs.get(task_id) else {
         return Ok(None);
     };
-    let Some((schema, feed)) = live.feed(cancel).await? else {
+    let feed = match live.feed(cancel).await? {
+        Some(_) if sized && live.known_size().is_none() => None,
+        feed => feed,
+    };
+    let Some((schema, feed)) = feed else {
+        // Dropped: the producer writes on without waiting for this reader.
         live.outcome(cancel).await?;
         return Ok(None);
     };
+    let bytes = live.known_size();
     let live = Arc::clone(live);
     let cancel = cancel.clone();
     let batches = futures_util::stream::unfold(Some(feed), move |feed| {
@@ -263,6 +289,6 @@ pub async fn table(
             }
         }
     });
-    let table = stream_table(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))?;
-    Ok(Some(table))
+    let stream = Box::pin(RecordBatchStreamAdapter::new(schema, batches));
+    Ok(Some(stream_table(stream, bytes)))
 }

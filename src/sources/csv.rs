@@ -461,7 +461,7 @@ impl Source for CsvSource {
 
     async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
         let files = cx.files(&self.path)?;
-        cx.add_bytes(total_size(&files));
+        cx.input_size(total_size(&files));
         let paths = self.prepare(&files, &cx.scratch)?;
         self.frame(cx.session, paths, cx.columns).await
     }

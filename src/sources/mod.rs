@@ -60,6 +60,8 @@ pub struct SourceContext<'a> {
     pub watermark: Option<&'a serde_json::Value>,
     /// Bytes read; sources add to it as they read.
     pub bytes_read: Arc<AtomicU64>,
+    /// What a source knows it will read before it starts ([`SourceContext::input_size`]).
+    pub input_bytes: Arc<AtomicU64>,
     /// A folder for this attempt's temporary files, removed when it ends.
     pub scratch: PathBuf,
 }
@@ -68,6 +70,13 @@ impl SourceContext<'_> {
     /// Counts bytes read.
     pub fn add_bytes(&self, n: u64) {
         self.bytes_read.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the bytes of the files a source reads, before it reads them: they are also
+    /// its size for a query that takes its rows live ([`crate::data::live::Live::size_hint`]).
+    pub fn input_size(&self, n: u64) {
+        self.add_bytes(n);
+        self.input_bytes.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Renders a templated path and lists the files it names (a glob matches many, sorted);

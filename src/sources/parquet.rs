@@ -128,7 +128,7 @@ impl Source for ParquetSource {
                     full.display()
                 )));
             }
-            cx.add_bytes(total_size(&files));
+            cx.input_size(total_size(&files));
             let options = ParquetReadOptions::default()
                 .table_partition_cols(keys.into_iter().map(|k| (k, DataType::Utf8)).collect());
             cx.session
@@ -137,7 +137,7 @@ impl Source for ParquetSource {
                 .map_err(|e| DataError::from_datafusion(what(), e))?
         } else {
             let files = cx.files(&self.path)?;
-            cx.add_bytes(total_size(&files));
+            cx.input_size(total_size(&files));
             let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             let options = ParquetReadOptions {
                 file_extension: "",

@@ -752,7 +752,7 @@ impl Source for XlsxSource {
 
     async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
         let files = cx.files(&self.path)?;
-        cx.add_bytes(total_size(&files));
+        cx.input_size(total_size(&files));
         let me = Arc::new(self.clone());
         let cancel = cx.task.cancel.clone();
         let declared = cx.columns.clone();

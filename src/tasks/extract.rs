@@ -182,6 +182,7 @@ impl TaskKind for ExtractTask {
             columns: &self.columns,
             watermark: previous.as_ref(),
             bytes_read: Arc::new(AtomicU64::new(0)),
+            input_bytes: Arc::new(AtomicU64::new(0)),
             scratch: scratch.path().to_path_buf(),
         };
         ctx.log.note(&format!(
@@ -191,6 +192,9 @@ impl TaskKind for ExtractTask {
         ));
         let work = async {
             let df = self.source.read(&sx).await?;
+            if let Some(live) = &ctx.streams.out {
+                live.size_hint(sx.input_bytes.load(Ordering::Relaxed));
+            }
             let df = types::apply(df, &self.columns)?;
             let df = match (&self.incremental, &previous) {
                 (Some(i), Some(after)) => {

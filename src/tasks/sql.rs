@@ -96,11 +96,14 @@ pub async fn register_upstream(
         all.push(t.clone());
         all.extend(dataset::outputs(data_dir, t));
     }
+    // Of several tables, one may be the small side of a join: only a live input of known
+    // size is planned as one.
+    let sized = all.len() > 1;
     for t in &all {
         if !streams.inputs.contains_key(t) && !dataset::exists(data_dir, t) {
             continue;
         }
-        match live::table(t, streams, cancel).await? {
+        match live::table(t, streams, sized, cancel).await? {
             // A live input is its own table (not a view), so the query's scans of it count.
             Some(table) => {
                 session

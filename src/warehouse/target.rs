@@ -122,6 +122,7 @@ impl Target {
                             columns: &columns,
                             watermark: None,
                             bytes_read: Arc::new(AtomicU64::new(0)),
+                            input_bytes: Arc::new(AtomicU64::new(0)),
                             scratch: cx.scratch.clone(),
                         };
                         let df = source.read(&sx).await?;

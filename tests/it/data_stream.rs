@@ -271,3 +271,114 @@ tasks:
     assert_eq!(task(&s, "save")["state"], "failed");
     assert_eq!(task(&s, "save")["attempts"], 2, "{s}");
 }
+
+/// A query over one large extract and two small ones, joined, all started together (three
+/// slots): the query streams from the three, and the join hashes the small tables (each
+/// live input has its file's size) while the large one streams through.
+#[test]
+fn a_query_joining_three_live_extracts_streams_from_all_of_them() {
+    let p = project("");
+    p.write("data/facts.csv", &numbers(200_000, ""));
+    let mut names = String::from("k,name\n");
+    let mut groups = String::from("name,grp\n");
+    for k in 0..7 {
+        names.push_str(&format!("{k},n{k}\n"));
+        groups.push_str(&format!("n{k},g{}\n", k % 2));
+    }
+    p.write("data/names.csv", &names);
+    p.write("data/groups.csv", &groups);
+    p.pipeline(
+        "fan",
+        r#"
+tasks:
+  facts:
+    extract: {source: csv, path: data/facts.csv}
+  names:
+    extract: {source: csv, path: data/names.csv}
+  groups:
+    extract: {source: csv, path: data/groups.csv}
+  q:
+    depends_on: [facts, names, groups]
+    sql: |
+      SELECT g.grp, COUNT(*) AS n, SUM(f.id) AS total
+      FROM facts f JOIN names n ON f.v = n.k JOIN groups g ON n.name = g.name
+      GROUP BY g.grp ORDER BY g.grp
+  save:
+    depends_on: [q]
+    load: {sink: csv, path: out/q.csv}
+"#,
+    );
+    let r = run(&p, &["run", "fan", "--max-workers", "3"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&latest_run(&p));
+    let (_, facts_end) = times(&s, "facts");
+    let (q_start, _) = times(&s, "q");
+    for small in ["names", "groups"] {
+        let (start, _) = times(&s, small);
+        assert!(
+            start < facts_end,
+            "{small} did not start with the others: {s}"
+        );
+    }
+    assert!(q_start < facts_end, "the query did not stream: {s}");
+    // Every extract's dataset is still written whole.
+    assert_eq!(task(&s, "facts")["metrics"]["rows_out"], 200_000, "{s}");
+    let (mut n, mut total) = ([0u64; 2], [0u64; 2]);
+    for id in 0..200_000u64 {
+        let g = ((id % 7) % 2) as usize;
+        n[g] += 1;
+        total[g] += id;
+    }
+    let want = format!(
+        "grp,n,total\ng0,{},{}\ng1,{},{}\n",
+        n[0], total[0], n[1], total[1]
+    );
+    assert_eq!(p.read("out/q.csv"), want);
+}
+
+/// A query joining a live input of unknown size (the output of another query) does not
+/// plan with it as a stream: it reads that dataset once written, and the run succeeds.
+#[test]
+fn a_join_with_a_live_query_output_reads_that_dataset_once_written() {
+    let p = project("");
+    p.write("data/n.csv", &numbers(50_000, ""));
+    let mut names = String::from("k,name\n");
+    for k in 0..7 {
+        names.push_str(&format!("{k},n{k}\n"));
+    }
+    p.write("data/names.csv", &names);
+    p.pipeline(
+        "mix",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/n.csv}
+  doubled:
+    depends_on: [raw]
+    sql: SELECT id, v, v * 2 AS w FROM raw
+  names:
+    extract: {source: csv, path: data/names.csv}
+  q:
+    depends_on: [doubled, names]
+    sql: |
+      SELECT n.name, COUNT(*) AS c, SUM(d.w) AS w
+      FROM doubled d JOIN names n ON d.v = n.k GROUP BY n.name ORDER BY n.name
+  save:
+    depends_on: [q]
+    load: {sink: csv, path: out/q.csv}
+"#,
+    );
+    let r = run(&p, &["run", "mix", "--max-workers", "3"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&latest_run(&p));
+    // It started with its upstream tasks, and read `doubled` once that had ended.
+    let (_, doubled_end) = times(&s, "doubled");
+    let (q_start, q_end) = times(&s, "q");
+    assert!(q_start < doubled_end && q_end >= doubled_end, "{s}");
+    let mut want = String::from("name,c,w\n");
+    for k in 0..7u64 {
+        let c = (0..50_000u64).filter(|i| i % 7 == k).count();
+        want.push_str(&format!("n{k},{c},{}\n", c as u64 * k * 2));
+    }
+    assert_eq!(p.read("out/q.csv"), want);
+}
