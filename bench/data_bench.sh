@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cauce/target}"
 profile="${PROFILE:-dist}"
+case "$profile" in
+    dist | release) ;;
+    *) echo "PROFILE must be dist or release, not '$profile'" >&2; exit 2 ;;
+esac
 cargo build --profile "$profile" --quiet
 venv="$HOME/.cache/cauce/venv"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
