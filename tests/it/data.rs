@@ -225,6 +225,52 @@ print(sorted(zip(t.column('id').to_pylist(), t.column('zone').to_pylist())))
 }
 
 #[test]
+fn a_partitioned_load_keeps_dictionaries_for_columns_of_few_values_only() {
+    // 3,000 rows into 2 days: `email` has a distinct value on every row (its dictionary
+    // would overflow the dictionary page), `country` has three.
+    let p = Project::new();
+    let mut csv = String::from("email,country,day\n");
+    for i in 0..3000 {
+        let country = ["ES", "AR", "MX"][i % 3];
+        csv.push_str(&format!(
+            "user{i}@example.com,{country},2024-01-0{}\n",
+            1 + i % 2
+        ));
+    }
+    p.write("data/in.csv", &csv);
+    p.pipeline(
+        "dict",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/in.csv}
+  save:
+    depends_on: [raw]
+    load: {sink: parquet, path: out/by_day/, partition_by: [day]}
+"#,
+    );
+    let r = p.run(&["run", "dict"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = py(
+        p.path(),
+        r#"
+import glob, pyarrow.parquet as pq, pyarrow.dataset as ds
+for f in sorted(glob.glob('out/by_day/*/*.parquet')):
+    rg = pq.ParquetFile(f).metadata.row_group(0)
+    cols = {rg.column(i).path_in_schema: rg.column(i) for i in range(rg.num_columns)}
+    print(f.split('/')[2], 'RLE_DICTIONARY' in cols['email'].encodings, 'RLE_DICTIONARY' in cols['country'].encodings)
+t = ds.dataset('out/by_day', format='parquet', partitioning='hive').to_table()
+print(t.num_rows, len(set(t.column('email').to_pylist())), sorted(set(t.column('country').to_pylist())))
+"#,
+    );
+    assert_eq!(
+        out.trim(),
+        "day=2024-01-01 False True\nday=2024-01-02 False True\n3000 3000 ['AR', 'ES', 'MX']",
+        "plain pages for the e-mails, a dictionary for the countries, every row back: {out}"
+    );
+}
+
+#[test]
 fn a_partitioned_load_naming_every_column_or_a_missing_one_fails_and_writes_nothing() {
     let p = Project::new();
     p.write(
