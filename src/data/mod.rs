@@ -15,6 +15,7 @@ pub mod mysql;
 pub mod partitioned;
 pub mod postgres;
 pub mod records;
+pub mod rules;
 pub mod stream;
 pub mod types;
 
@@ -170,7 +171,9 @@ pub fn session(settings: &DataSettings, spill_dir: &Path) -> Result<SessionConte
     let cap = (settings.max_memory as usize / memory::WRITER_SHARE / (4 * settings.threads.max(1)))
         .clamp(1 << 20, 128 << 20);
     parquet.max_row_group_bytes = datafusion::config::MaxRowGroupBytes::try_new(cap).ok();
-    Ok(SessionContext::new_with_config_rt(config, runtime))
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.add_optimizer_rule(Arc::new(rules::DistinctBesideCount));
+    Ok(ctx)
 }
 
 /// The spill folder of a task attempt, inside the run's data folder.
