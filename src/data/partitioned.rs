@@ -71,6 +71,20 @@ pub struct Options {
     pub write_id: String,
 }
 
+/// What a partitioned write did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Rows written.
+    pub rows: u64,
+    /// Partitions (files) written.
+    pub partitions: usize,
+    /// Partitions whose rows went to a spill file first (the others went straight into
+    /// their files, at most `max_open` at once).
+    pub spilled: usize,
+    /// Bytes of spilled rows (Arrow IPC).
+    pub spilled_bytes: u64,
+}
+
 /// Where one partition's rows go.
 enum Sink {
     /// Nowhere yet: no rows so far.
@@ -498,9 +512,9 @@ async fn run_stream(
     Ok(rows)
 }
 
-/// Writes `df` under `root` partitioned by `opts.partition_by`; returns the rows written.
-/// Nothing is created under `root` when there are no rows.
-pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, DataError> {
+/// Writes `df` under `root` partitioned by `opts.partition_by`. Nothing is created under
+/// `root` when there are no rows.
+pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<Outcome, DataError> {
     let task_ctx = Arc::new(df.task_ctx());
     let mut plan: Arc<dyn ExecutionPlan> = df
         .create_physical_plan()
@@ -565,6 +579,17 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, Dat
     // which frees their memory, then the spilled ones, taken one at a time by each thread.
     let mut parts: Vec<Arc<Mutex<Part>>> = lock(&shared.parts).by_key.values().cloned().collect();
     parts.sort_by_cached_key(|p| matches!(lock(p).sink, Sink::Spilled(_)));
+    let mut outcome = Outcome {
+        rows,
+        partitions: parts.len(),
+        ..Outcome::default()
+    };
+    for p in &parts {
+        if let Sink::Spilled(segments) = &lock(p).sink {
+            outcome.spilled += 1;
+            outcome.spilled_bytes += segments.iter().map(|s| s.len as u64).sum::<u64>();
+        }
+    }
     let parts = Arc::new(parts);
     let next = Arc::new(AtomicUsize::new(0));
     let mut closers = tokio::task::JoinSet::new();
@@ -580,5 +605,5 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<u64, Dat
     while let Some(r) = closers.join_next().await {
         r.map_err(|e| io("a writer stopped", e))??;
     }
-    Ok(rows)
+    Ok(outcome)
 }

@@ -295,7 +295,15 @@ impl ParquetSink {
             // Apart from the files of earlier loads (`mode: append` puts them side by side).
             write_id: crate::data::dataset::unique_suffix(),
         };
-        partitioned::write(frame, staging, options).await
+        let done = partitioned::write(frame, staging, options).await?;
+        cx.task.log.note(&format!(
+            "partitioned write: {} rows into {} partitions, at most {max_open} files open at once; {} partitions spilled first ({} MiB)",
+            done.rows,
+            done.partitions,
+            done.spilled,
+            done.spilled_bytes >> 20
+        ));
+        Ok(done.rows)
     }
 
     /// Moves the folder a write left in `staging` into `target` as the mode says (an

@@ -169,6 +169,22 @@ print(len(files) == len(leaves), sorted(pq.read_schema(files[0]).names))
     // One file a partition, spilled or not; the partition columns are in the folder names,
     // not in the files.
     assert_eq!(lines[3], "True ['amount', 'id']", "{out}");
+    // The load's log says how many partitions went to the spill file first: those that
+    // found every file slot taken.
+    let log = p.read(&format!(".cauce/logs/{}/save.1.log", latest_run(&p)));
+    let line = log
+        .lines()
+        .find(|l| l.contains("partitioned write:"))
+        .unwrap_or_else(|| panic!("no report in {log}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [rows, parts, open, spilled, _mib] = numbers[..] else {
+        panic!("{line}");
+    };
+    assert_eq!((rows, parts), (120_000, 60), "{line}");
+    assert!(open < 60 && spilled == 60 - open, "{line}");
 }
 
 #[test]
