@@ -104,7 +104,7 @@ fn rerunning_a_date_replaces_its_partitions() {
 #[test]
 fn a_partitioned_load_on_two_threads_with_more_partitions_than_open_files_keeps_every_row() {
     let p = Project::new();
-    // 64 MiB of memory: the writer keeps at most 16 files open, fewer than the 60
+    // 64 MiB of memory: the writer keeps only a few files open, fewer than the 60
     // partitions this load feeds at once, so the rows of the others are spilled to disk and
     // encoded at the end.
     p.write(
