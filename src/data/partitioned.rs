@@ -583,19 +583,28 @@ pub async fn write(df: DataFrame, root: &Path, opts: Options) -> Result<Outcome,
     }
     // Finish every file, on as many threads as there were streams: first the open ones,
     // which frees their memory, then the spilled ones, taken one at a time by each thread.
-    let mut parts: Vec<Arc<Mutex<Part>>> = lock(&shared.parts).by_key.values().cloned().collect();
-    parts.sort_by_cached_key(|p| matches!(lock(p).sink, Sink::Spilled(_)));
+    let all: Vec<Arc<Mutex<Part>>> = lock(&shared.parts).by_key.values().cloned().collect();
     let mut outcome = Outcome {
         rows,
-        partitions: parts.len(),
+        partitions: all.len(),
         ..Outcome::default()
     };
-    for p in &parts {
-        if let Sink::Spilled(segments) = &lock(p).sink {
-            outcome.spilled += 1;
-            outcome.spilled_bytes += segments.iter().map(|s| s.len as u64).sum::<u64>();
+    let (mut parts, mut spilled) = (Vec::new(), Vec::new());
+    for p in all {
+        let spilled_bytes = match &lock(&p).sink {
+            Sink::Spilled(segments) => Some(segments.iter().map(|s| s.len as u64).sum::<u64>()),
+            _ => None,
+        };
+        match spilled_bytes {
+            Some(bytes) => {
+                outcome.spilled += 1;
+                outcome.spilled_bytes += bytes;
+                spilled.push(p);
+            }
+            None => parts.push(p),
         }
     }
+    parts.append(&mut spilled);
     let parts = Arc::new(parts);
     let next = Arc::new(AtomicUsize::new(0));
     let mut closers = tokio::task::JoinSet::new();

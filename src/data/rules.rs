@@ -113,22 +113,18 @@ impl OptimizerRule for DistinctBesideCount {
         let mut outer_groups = Vec::with_capacity(groups);
         for (i, g) in group_expr.into_iter().enumerate() {
             let (qualifier, field) = schema.qualified_field(i);
-            if let Expr::Column(c) = &g {
-                outer_groups.push(Expr::Column(c.clone()));
-                output.push(
-                    Expr::Column(c.clone()).alias_qualified(qualifier.cloned(), field.name()),
-                );
-                inner_groups.push(g);
-            } else {
-                // An expression is computed once, below, and referred to by name above.
-                let name = format!("__cauce_group_{i}");
-                inner_groups.push(g.alias(&name));
-                outer_groups.push(Expr::Column(Column::from_name(&name)));
-                output.push(
-                    Expr::Column(Column::from_name(&name))
-                        .alias_qualified(qualifier.cloned(), field.name()),
-                );
-            }
+            // A column is grouped by as it is; an expression is computed once, below, and
+            // referred to by name above.
+            let (inner, reference) = match g {
+                Expr::Column(c) => (Expr::Column(c.clone()), Expr::Column(c)),
+                g => {
+                    let name = format!("{PREFIX}group_{i}");
+                    (g.alias(&name), Expr::Column(Column::from_name(name)))
+                }
+            };
+            inner_groups.push(inner);
+            outer_groups.push(reference.clone());
+            output.push(reference.alias_qualified(qualifier.cloned(), field.name()));
         }
         let mut inner_aggr = Vec::new();
         let mut outer_aggr = Vec::with_capacity(aggr_expr.len());
@@ -155,7 +151,7 @@ impl OptimizerRule for DistinctBesideCount {
                 let arg = Expr::Column(Column::from_name(DISTINCT));
                 AggregateFunction::new_udf(func, vec![arg], false, None, vec![], null_treatment)
             } else {
-                let part = format!("__cauce_part_{j}");
+                let part = format!("{PREFIX}part_{j}");
                 inner_aggr.push(
                     Expr::AggregateFunction(AggregateFunction::new_udf(
                         Arc::clone(&func),
