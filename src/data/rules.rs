@@ -308,6 +308,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn odd_queries_keep_their_results() {
+        // `both` fails if a query errs or its result or schema changes with the rule.
+        for sql in [
+            "SELECT COUNT(*), COUNT(DISTINCT NULL) FROM t",
+            "SELECT day, COUNT(1), COUNT(*), COUNT(DISTINCT 'x') FROM t GROUP BY day ORDER BY day",
+            "SELECT segment, COUNT(*), COUNT(DISTINCT segment) FROM t GROUP BY segment ORDER BY segment",
+            "SELECT day, COUNT(*), COUNT(DISTINCT segment), SUM(DISTINCT segment IS NULL::int) FROM t GROUP BY day ORDER BY day",
+            "SELECT n, rank() OVER (ORDER BY n) FROM (SELECT day, COUNT(*) AS n, COUNT(DISTINCT country) AS c FROM t GROUP BY day) ORDER BY n",
+            "SELECT day, COUNT(*), COUNT(DISTINCT segment) FROM t GROUP BY ROLLUP (day) ORDER BY day",
+            "SELECT * FROM (SELECT country, COUNT(*) AS n, COUNT(DISTINCT segment) AS s FROM t GROUP BY country) WHERE n > 0 ORDER BY country",
+        ] {
+            both(sql).await;
+        }
+    }
+
+    #[tokio::test]
     async fn other_shapes_are_left_to_datafusion() {
         for sql in [
             // Two different distinct arguments.
