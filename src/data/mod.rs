@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod records;
 pub mod rules;
 pub mod stream;
+pub mod timestamps;
 pub mod types;
 
 use crate::tasks::TaskError;
@@ -173,6 +174,7 @@ pub fn session(settings: &DataSettings, spill_dir: &Path) -> Result<SessionConte
     parquet.max_row_group_bytes = datafusion::config::MaxRowGroupBytes::try_new(cap).ok();
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.add_optimizer_rule(Arc::new(rules::DistinctBesideCount));
+    ctx.add_optimizer_rule(Arc::new(rules::DateOfTimestamp));
     Ok(ctx)
 }
 

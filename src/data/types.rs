@@ -184,6 +184,10 @@ pub fn apply(
                             quote_literal(fmt)
                         ))
                         .map_err(|e| DataError::from_datafusion(format!("column `{name}`"), e))?,
+                    (None, to) if current == DataType::Utf8 => {
+                        super::timestamps::parse(column(name), to)
+                            .unwrap_or_else(|| cast(column(name), to.clone()))
+                    }
                     _ => cast(column(name), ct.data_type.clone()),
                 };
                 expr.alias(name)

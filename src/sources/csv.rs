@@ -9,6 +9,7 @@
 //! dots dropped and the comma turned into a point, then cast.
 
 use super::{total_size, Source, SourceContext};
+use crate::data::timestamps;
 use crate::data::types::{quote_ident, quote_literal};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
@@ -209,14 +210,20 @@ impl CsvSource {
             .collect()
     }
 
+    /// The files as a frame. With `timestamps_as_text`, declared timestamp columns come as
+    /// text, which [`crate::data::types::apply`] parses faster than the CSV reader does;
+    /// without it the reader parses them, and names the line of a bad value.
     async fn frame(
         &self,
         session: &SessionContext,
         paths: Vec<String>,
         columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
+        timestamps_as_text: bool,
     ) -> Result<DataFrame, DataError> {
         let comma = self.comma_columns(columns);
-        let df = self.frame_text(session, paths, columns, &comma).await?;
+        let df = self
+            .frame_text(session, paths, columns, &comma, timestamps_as_text)
+            .await?;
         if comma.is_empty() {
             return Ok(df);
         }
@@ -241,8 +248,11 @@ impl CsvSource {
         paths: Vec<String>,
         columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
         comma: &[(String, DataType)],
+        timestamps_as_text: bool,
     ) -> Result<DataFrame, DataError> {
-        let df = self.frame_raw(session, paths, columns, comma).await?;
+        let df = self
+            .frame_raw(session, paths, columns, comma, timestamps_as_text)
+            .await?;
         if comma.is_empty() {
             return Ok(df);
         }
@@ -271,20 +281,24 @@ impl CsvSource {
         paths: Vec<String>,
         columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
         comma: &[(String, DataType)],
+        timestamps_as_text: bool,
     ) -> Result<DataFrame, DataError> {
         let what = || format!("reading {}", self.path);
         let inferred = session
             .read_csv(paths.clone(), self.options(None))
             .await
             .map_err(|e| DataError::from_datafusion(what(), e))?;
-        // Declared types are parsed on read (those with a format are read as text and
-        // parsed after, by the extract).
+        // Declared types are parsed on read (those with a format, and timestamps if asked,
+        // are read as text and parsed after, by the extract).
         let fields: Vec<Field> = inferred
             .schema()
             .fields()
             .iter()
             .map(|f| match columns.get(f.name()) {
                 _ if comma.iter().any(|(n, _)| n == f.name()) => {
+                    Field::new(f.name(), DataType::Utf8, true)
+                }
+                Some(ct) if timestamps_as_text && timestamps::parses(&ct.data_type) => {
                     Field::new(f.name(), DataType::Utf8, true)
                 }
                 Some(ct) if ct.format.is_none() => Field::new(f.name(), ct.data_type.clone(), true),
@@ -372,25 +386,32 @@ fn transcode(from: &Path, to: &Path, enc: &'static encoding_rs::Encoding) -> Res
         .map_err(|e| DataError::io(format!("writing {}", to.display()), e))
 }
 
-/// Rewrites arrow's "for column N at line L" with the column's name, the file and the line
-/// in the file (arrow counts data records from 1; a header line comes before them).
+/// Rewrites arrow's "for column N at line L" (numbers) or "Error parsing column N at line
+/// L" (timestamps) with the column's name, the file and the line in the file (arrow counts
+/// data records from 1; a header line comes before them).
 fn locate(msg: &str, file: &Path, schema: &datafusion::common::DFSchema, header: bool) -> String {
     let parsed = (|| {
-        let at = msg.find("for column ")?;
-        let rest = &msg[at + "for column ".len()..];
+        let marker = ["for column ", "Error parsing column "]
+            .into_iter()
+            .find(|m| msg.contains(m))?;
+        let at = msg.find(marker)?;
+        let rest = &msg[at + marker.len()..];
         let (idx, rest) = rest.split_once(" at line ")?;
         let idx: usize = idx.trim().parse().ok()?;
         let line: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
         let line = line.parse::<usize>().ok()? + usize::from(header);
-        let value = msg
-            .split_once("parsing value '")
-            .and_then(|(_, r)| r.split_once('\''))
-            .map(|(v, _)| v.to_string())?;
-        let ty = msg
-            .split_once("as type '")
-            .and_then(|(_, r)| r.split_once('\''))
-            .map(|(t, _)| t.to_string())?;
-        let name = schema.fields().get(idx).map(|f| f.name().clone())?;
+        let quoted = |after: &str| {
+            msg.split_once(after)
+                .and_then(|(_, r)| r.split_once('\''))
+                .map(|(v, _)| v.to_string())
+        };
+        let value = quoted("parsing value '").or_else(|| quoted("timestamp from '"))?;
+        let field = schema.fields().get(idx)?;
+        let ty = match field.data_type() {
+            DataType::Timestamp(..) => Some("timestamp".to_string()),
+            _ => quoted("as type '"),
+        }?;
+        let name = field.name().clone();
         Some(format!(
             "{}: line {line}, column `{name}` (column {}): value `{value}` is not a valid {ty}",
             file.display(),
@@ -413,7 +434,7 @@ impl CsvSource {
         use datafusion::arrow::array::{Array, StringArray};
         use futures_util::StreamExt;
         let raw = self
-            .frame_raw(session, vec![path], columns, comma)
+            .frame_raw(session, vec![path], columns, comma, true)
             .await
             .ok()?;
         let mut raw = raw.execute_stream().await.ok()?;
@@ -463,7 +484,7 @@ impl Source for CsvSource {
         let files = cx.files(&self.path)?;
         cx.input_size(total_size(&files));
         let paths = self.prepare(&files, &cx.scratch)?;
-        self.frame(cx.session, paths, cx.columns).await
+        self.frame(cx.session, paths, cx.columns, true).await
     }
 
     async fn explain(&self, cx: &SourceContext<'_>, err: DataError) -> DataError {
@@ -484,7 +505,10 @@ impl Source for CsvSource {
         let session = SessionContext::new_with_config(config);
         let comma = self.comma_columns(cx.columns);
         for (file, path) in files.iter().zip(paths) {
-            let Ok(df) = self.frame(&session, vec![path.clone()], cx.columns).await else {
+            let Ok(df) = self
+                .frame(&session, vec![path.clone()], cx.columns, false)
+                .await
+            else {
                 continue;
             };
             let schema = df.schema().clone();

@@ -398,6 +398,83 @@ tasks:
 }
 
 #[test]
+fn declared_timestamps_of_every_shape_read_back_and_a_bad_one_is_located() {
+    let p = Project::new();
+    // One file whose values all have the plain shape, and one that mixes in an offset
+    // and a date alone; with a null marker, the same values take the text path.
+    p.write(
+        "data/ts/a.csv",
+        "id,at\n1,2024-01-05 10:00:00\n2,2024-01-05T10:00:00.250Z\n3,\n",
+    );
+    p.write(
+        "data/ts/b.csv",
+        "id,at\n4,2024-01-05 12:00:00+02:00\n5,2024-02-29\n6,-\n",
+    );
+    p.write("data/bad/a.csv", "id,at\n1,2024-01-05 10:00:00\n");
+    p.write(
+        "data/bad/b.csv",
+        "id,at\n2,2024-01-05 10:00:00\n3,2024-02-30 10:00:00\n",
+    );
+    p.pipeline(
+        "ts",
+        r#"
+tasks:
+  plain:
+    extract: {source: csv, path: data/ts/a.csv, columns: {at: timestamp}}
+  mixed:
+    extract: {source: csv, path: "data/ts/*.csv", null: ["-", ""], columns: {at: timestamp}}
+  both:
+    depends_on: [plain, mixed]
+    sql: SELECT * FROM plain UNION ALL SELECT * FROM mixed ORDER BY id
+  out:
+    depends_on: [both]
+    load: {sink: parquet, path: out/ts.parquet}
+"#,
+    );
+    p.pipeline(
+        "bad",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: "data/bad/*.csv", columns: {at: timestamp}}
+"#,
+    );
+    let r = p.run(&["run", "ts"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let out = py(
+        p.path(),
+        "import pyarrow.parquet as pq\nt = pq.read_table('out/ts.parquet')\nprint(t.schema.field('at').type)\nfor v in t.column('at').to_pylist(): print(v)",
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("timestamp[us"), "{out}");
+    // Ids 1, 1, 2, 2, 3, 3, 4, 5, 6; the offset is taken into account.
+    let expect = [
+        "2024-01-05 10:00:00",
+        "2024-01-05 10:00:00",
+        "2024-01-05 10:00:00.250000",
+        "2024-01-05 10:00:00.250000",
+        "None",
+        "None",
+        "2024-01-05 10:00:00",
+        "2024-02-29 00:00:00",
+        "None",
+    ];
+    assert_eq!(lines.len(), expect.len() + 1, "{out}");
+    for (got, want) in lines[1..].iter().zip(expect) {
+        assert!(got.starts_with(want), "{got} is not {want}: {out}");
+    }
+    let r = p.run(&["run", "bad"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let status = p.status(&latest_run(&p));
+    let err = status["tasks"][0]["error"].as_str().unwrap().to_string();
+    assert!(err.contains("b.csv: line 3, column `at`"), "{err}");
+    assert!(
+        err.contains("`2024-02-30 10:00:00` is not a valid timestamp"),
+        "{err}"
+    );
+}
+
+#[test]
 fn warehouse_files_are_zstd_unless_told_otherwise_and_a_bad_codec_is_a_located_error() {
     let p = Project::new();
     p.write("data/in.csv", "id,zone\n1,norte\n2,sur\n3,norte\n");
