@@ -223,22 +223,25 @@ impl DatasetTable {
     }
 }
 
-/// `files` in at most `n` consecutive groups of about equal bytes.
+/// `files` in at most `n` consecutive groups of about equal bytes: a file goes to the group
+/// whose share of the bytes holds its middle byte (eight files of about equal size in
+/// two groups are four and four; cutting a group only once it had reached its share made
+/// them five and three, and one partition read most of the dataset alone).
 fn split(files: &[File], n: usize) -> Vec<Vec<File>> {
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     let n = n.clamp(1, files.len().max(1));
     let share = total.div_ceil(n as u64).max(1);
-    let mut groups: Vec<Vec<File>> = vec![Vec::new()];
-    let mut in_group = 0u64;
+    let mut groups: Vec<Vec<File>> = vec![Vec::new(); n];
+    let mut before = 0u64;
     for f in files {
-        if in_group >= share && groups.len() < n {
-            groups.push(Vec::new());
-            in_group = 0;
-        }
-        in_group += f.bytes;
-        if let Some(g) = groups.last_mut() {
-            g.push(f.clone());
-        }
+        let middle = before + f.bytes / 2;
+        let g = usize::try_from(middle / share).map_or(n - 1, |g| g.min(n - 1));
+        groups[g].push(f.clone());
+        before += f.bytes;
+    }
+    groups.retain(|g| !g.is_empty());
+    if groups.is_empty() {
+        groups.push(Vec::new());
     }
     groups
 }
@@ -430,6 +433,43 @@ mod tests {
             .collect();
         let table = datafusion::datasource::MemTable::try_new(schema, vec![batches]).unwrap();
         ctx.read_table(Arc::new(table)).unwrap()
+    }
+
+    #[test]
+    fn files_split_into_groups_of_about_equal_bytes() {
+        let files = |sizes: &[u64]| -> Vec<File> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, b)| File {
+                    path: PathBuf::from(format!("{i}.arrow")),
+                    rows: 1,
+                    bytes: *b,
+                })
+                .collect()
+        };
+        let shape = |sizes: &[u64], n: usize| -> Vec<usize> {
+            split(&files(sizes), n).iter().map(|g| g.len()).collect()
+        };
+        // Two partitions' writers, four files each, the last of each smaller.
+        let eight = [59, 59, 59, 53, 59, 59, 59, 55];
+        assert_eq!(shape(&eight, 2), vec![4, 4]);
+        assert_eq!(shape(&eight, 4), vec![2, 2, 2, 2]);
+        assert_eq!(shape(&eight, 3), vec![3, 2, 3]);
+        // Never more groups than files, never an empty group, every file once and in order.
+        assert_eq!(shape(&[10, 10], 8), vec![1, 1]);
+        assert_eq!(shape(&[100, 1, 1, 1], 2), vec![1, 3]);
+        assert_eq!(shape(&[0, 0, 0], 2), vec![3]);
+        assert_eq!(shape(&[], 2), vec![0]);
+        let groups = split(&files(&eight), 3);
+        let order: Vec<PathBuf> = groups.concat().into_iter().map(|f| f.path).collect();
+        assert_eq!(
+            order,
+            files(&eight)
+                .into_iter()
+                .map(|f| f.path)
+                .collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
