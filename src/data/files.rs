@@ -349,9 +349,13 @@ impl ExecutionPlan for DatasetExec {
             projection: self.projection.clone(),
             current: None,
         };
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema.clone(),
-            futures_util::stream::iter(batches),
+        // The batches come from the page cache without waiting, so the stream would never
+        // return `Pending`: made cooperative, it yields to the runtime now and then. Without
+        // that, a task reading one partition kept its thread, the task of the other
+        // partition waited on the same thread, and a query whose joins all probe shared
+        // hash tables ran its partitions one after the other.
+        Ok(datafusion::physical_plan::coop::make_cooperative(Box::pin(
+            RecordBatchStreamAdapter::new(self.schema.clone(), futures_util::stream::iter(batches)),
         )))
     }
 

@@ -358,18 +358,22 @@ mod tests {
     }
 
     /// The plan of a query joining a stream of 10,000 rows (said to be `bytes`, if known)
-    /// with tables of 10 and 200,000 rows, in that order, as DataFusion's indented text.
+    /// with tables of 10 and 600,000 rows, in that order, as DataFusion's indented text.
     async fn join_plan(bytes: Option<u64>) -> String {
         let spill = tempfile::tempdir().expect("a temporary folder");
-        let ctx = super::super::session(&super::super::DataSettings::default(), spill.path())
-            .expect("a session");
+        let settings = super::super::DataSettings {
+            max_memory: 64 << 20,
+            ..Default::default()
+        };
+        let ctx = super::super::session(&settings, spill.path()).expect("a session");
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let big = futures_util::stream::iter(vec![Ok(batch(&schema, 10_000))]);
         let big = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), big));
         ctx.register_table("big", stream_table(big, bytes))
             .expect("registered");
-        // `b` is above the size DataFusion hashes without comparing (1 MB).
-        for (small, rows) in [("a", 10), ("b", 200_000)] {
+        // `b` (4.8 MB) is above the size hashed once for all partitions without comparing
+        // (a sixteenth of `max_memory`, 4 MiB here).
+        for (small, rows) in [("a", 10), ("b", 600_000)] {
             ctx.register_batch(small, batch(&schema, rows))
                 .expect("registered");
         }
