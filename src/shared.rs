@@ -345,9 +345,34 @@ impl SharedStorage {
     }
 
     /// Downloads the datasets (their own and their named outputs) of those of `task_ids`
-    /// this machine has none of, with one listing of the run. Returns the files fetched per
-    /// task, for the tasks the bucket had something of.
+    /// this machine has none of, and of the tasks their views read through
+    /// ([`crate::data::view`]), with one listing of the run per level of views. Returns the
+    /// files fetched per task, for the tasks the bucket had something of.
     pub async fn pull_datasets(
+        &self,
+        run_data_dir: &Path,
+        task_ids: &[String],
+    ) -> Result<Vec<(String, usize)>, SharedError> {
+        let mut fetched = Vec::new();
+        let mut seen: std::collections::HashSet<String> = task_ids.iter().cloned().collect();
+        let mut want = task_ids.to_vec();
+        while !want.is_empty() {
+            fetched.extend(self.pull_missing(run_data_dir, &want).await?);
+            want = want
+                .iter()
+                .filter_map(|t| {
+                    let dir = crate::data::dataset::dir(run_data_dir, t);
+                    crate::data::view::View::load(&dir).ok().flatten()
+                })
+                .flat_map(|v| v.tables)
+                .filter(|t| seen.insert(t.clone()))
+                .collect();
+        }
+        Ok(fetched)
+    }
+
+    /// [`SharedStorage::pull_datasets`] of `task_ids` alone.
+    async fn pull_missing(
         &self,
         run_data_dir: &Path,
         task_ids: &[String],

@@ -10,6 +10,7 @@ use datafusion::arrow::array::{Array, UInt64Array};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::config::TableParquetOptions;
 use datafusion::prelude::{DataFrame, SessionContext};
+use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -175,34 +176,73 @@ pub async fn write(
     task_id: &str,
 ) -> Result<Written, DataError> {
     let none = super::live::Streams::default();
-    write_streaming(df, run_data_dir, task_id, &none, &CancellationToken::new()).await
+    write_streaming(
+        df,
+        run_data_dir,
+        task_id,
+        &none,
+        &CancellationToken::new(),
+        None,
+    )
+    .await
 }
 
 /// [`write`], handing the batches to `streams.out`'s consumer as they are written, and
 /// putting the dataset in place only once every live input of `streams` succeeded (a
-/// query can end before its input does, with a `LIMIT`).
+/// query can end before its input does, with a `LIMIT`). When that consumer is the only
+/// task downstream and reads the batches live, nothing is about to read the dataset: it is
+/// `view` if given (the rows are not written at all, see [`super::view`]), else written
+/// around the page cache ([`super::uncached`]).
 pub async fn write_streaming(
     df: DataFrame,
     run_data_dir: &Path,
     task_id: &str,
     streams: &super::live::Streams,
     cancel: &CancellationToken,
+    view: Option<super::view::View>,
 ) -> Result<Written, DataError> {
     let target = dir(run_data_dir, task_id);
     let guard = Scratch::new(temp_beside(&target, "tmp"));
     let tmp = guard.path();
     let df = super::types::normalize(df)?;
-    let df = match &streams.out {
-        Some(live) => live.tee(df).await?,
-        None => df,
+    let (df, read_live) = match &streams.out {
+        Some(live) => {
+            let df = live.tee(df).await?;
+            let read =
+                streams.sole_reader && live.uptake(cancel).await? == super::live::Uptake::Reading;
+            (df, read)
+        }
+        None => (df, false),
     };
-    let rows = super::files::write(df, tmp).await?;
+    let rows = match view {
+        Some(mut view) if read_live => {
+            view.rows = count(df).await?;
+            view.save(tmp)?;
+            view.rows
+        }
+        _ => super::files::write(df, tmp, !read_live).await?,
+    };
     streams.upstream_done(cancel).await?;
     replace_dir(tmp, &target)?;
     Ok(Written {
         rows,
         bytes: size_of(&target),
     })
+}
+
+/// Runs `df` to its end, keeping nothing; returns its rows.
+async fn count(df: DataFrame) -> Result<u64, DataError> {
+    let mut stream = df
+        .execute_stream()
+        .await
+        .map_err(|e| DataError::from_datafusion("computing the dataset's rows", e))?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch =
+            batch.map_err(|e| DataError::from_datafusion("computing the dataset's rows", e))?;
+        rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
 }
 
 /// Puts the complete folder `tmp` where `target` is: the old one, if any, is moved aside
@@ -233,17 +273,31 @@ pub fn replace_dir(tmp: &Path, target: &Path) -> Result<(), DataError> {
     Ok(())
 }
 
-/// Reads task `task_id`'s dataset of the run.
+/// Reads task `task_id`'s dataset of the run: its files, or its query run again when it is
+/// a view ([`super::view`]).
 pub async fn read(
     ctx: &SessionContext,
     run_data_dir: &Path,
     task_id: &str,
+) -> Result<DataFrame, DataError> {
+    read_at(ctx, run_data_dir, task_id, 0).await
+}
+
+/// [`read`] of a dataset that a view `depth` levels up reads.
+pub(super) async fn read_at(
+    ctx: &SessionContext,
+    run_data_dir: &Path,
+    task_id: &str,
+    depth: usize,
 ) -> Result<DataFrame, DataError> {
     let d = dir(run_data_dir, task_id);
     if !d.is_dir() {
         return Err(DataError::Invalid(format!(
             "task `{task_id}` has no dataset in this run (is it an extract, sql or validate task, and did it succeed?)"
         )));
+    }
+    if let Some(view) = super::view::View::load(&d)? {
+        return super::view::read(ctx, run_data_dir, view, depth).await;
     }
     let table = super::files::DatasetTable::open(&d)?;
     ctx.read_table(std::sync::Arc::new(table))

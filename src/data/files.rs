@@ -19,6 +19,7 @@
 //! partition, whatever the file's size), only the columns the query needs. The table
 //! tells the planner its exact row count, which join ordering depends on.
 
+use super::uncached::UncachedFile;
 use super::DataError;
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -61,9 +62,53 @@ fn io(what: impl std::fmt::Display, e: impl std::fmt::Display) -> DataError {
     DataError::io(what, e)
 }
 
+/// Where a file's bytes go: through the page cache, or around it for a dataset no task is
+/// about to read ([`super::uncached`]).
+enum Output {
+    Cached(BufWriter<std::fs::File>),
+    Uncached(UncachedFile),
+}
+
+impl Output {
+    fn create(path: &Path, cached: bool) -> std::io::Result<Output> {
+        Ok(if cached {
+            Output::Cached(BufWriter::with_capacity(
+                1 << 20,
+                std::fs::File::create(path)?,
+            ))
+        } else {
+            Output::Uncached(UncachedFile::create(path)?)
+        })
+    }
+
+    /// Writes what is buffered and waits until it is in the file.
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Output::Cached(mut w) => w.flush(),
+            Output::Uncached(w) => w.finish(),
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Cached(w) => w.write(buf),
+            Output::Uncached(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Cached(w) => w.flush(),
+            Output::Uncached(w) => w.flush(),
+        }
+    }
+}
+
 /// One file being written.
 struct Open {
-    writer: FileWriter<BufWriter<std::fs::File>>,
+    writer: FileWriter<Output>,
     path: PathBuf,
     rows: u64,
     bytes: usize,
@@ -72,19 +117,19 @@ struct Open {
 impl Open {
     fn close(mut self) -> Result<(), DataError> {
         self.writer.write_metadata(ROWS_KEY, self.rows.to_string());
-        self.writer
-            .finish()
-            .and_then(|_| self.writer.get_mut().flush().map_err(Into::into))
-            .map_err(|e| io(format!("writing {}", self.path.display()), e))
+        let what = || format!("writing {}", self.path.display());
+        let out = self.writer.into_inner().map_err(|e| io(what(), e))?;
+        out.finish().map_err(|e| io(what(), e))
     }
 }
 
-/// Writes one partition's batches into files `part-PPP-NNNNNN.arrow` of `dir`; returns the
-/// rows written.
+/// Writes one partition's batches into files `part-PPP-NNNNNN.arrow` of `dir` (through the
+/// page cache if `cached`); returns the rows written.
 async fn write_partition(
     mut stream: SendableRecordBatchStream,
     dir: PathBuf,
     partition: usize,
+    cached: bool,
 ) -> Result<u64, DataError> {
     let schema = stream.schema();
     let mut open: Option<Open> = None;
@@ -101,7 +146,7 @@ async fn write_partition(
             None => {
                 let path = dir.join(format!("part-{partition:03}-{files:06}.{EXTENSION}"));
                 files += 1;
-                open.insert(create(&path, &schema)?)
+                open.insert(create(&path, &schema, cached)?)
             }
         };
         file.writer
@@ -122,10 +167,10 @@ async fn write_partition(
     Ok(rows)
 }
 
-fn create(path: &Path, schema: &SchemaRef) -> Result<Open, DataError> {
-    let f = std::fs::File::create(path)
+fn create(path: &Path, schema: &SchemaRef, cached: bool) -> Result<Open, DataError> {
+    let out = Output::create(path, cached)
         .map_err(|e| io(format!("cannot create {}", path.display()), e))?;
-    let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, f), schema)
+    let writer = FileWriter::try_new(out, schema)
         .map_err(|e| io(format!("writing {}", path.display()), e))?;
     Ok(Open {
         writer,
@@ -136,9 +181,11 @@ fn create(path: &Path, schema: &SchemaRef) -> Result<Open, DataError> {
 }
 
 /// Writes every row of `df` into the folder `dir` (made if missing), one writer per
-/// partition of the query; returns the rows written. A frame without rows leaves one file
-/// with its columns and no rows, so that readers still see them.
-pub async fn write(df: DataFrame, dir: &Path) -> Result<u64, DataError> {
+/// partition of the query, through the page cache if `cached` (else around it: for a
+/// dataset no task is about to read, [`super::uncached`]); returns the rows written. A frame
+/// without rows leaves one file with its columns and no rows, so that readers still see
+/// them.
+pub async fn write(df: DataFrame, dir: &Path, cached: bool) -> Result<u64, DataError> {
     std::fs::create_dir_all(dir).map_err(|e| io(format!("cannot create {}", dir.display()), e))?;
     let schema = df.schema().inner().clone();
     let streams = df
@@ -147,14 +194,14 @@ pub async fn write(df: DataFrame, dir: &Path) -> Result<u64, DataError> {
         .map_err(|e| DataError::from_datafusion("computing the dataset's rows", e))?;
     let mut writers = tokio::task::JoinSet::new();
     for (i, stream) in streams.into_iter().enumerate() {
-        writers.spawn(write_partition(stream, dir.to_path_buf(), i));
+        writers.spawn(write_partition(stream, dir.to_path_buf(), i, cached));
     }
     let mut rows = 0;
     while let Some(r) = writers.join_next().await {
         rows += r.map_err(|e| io("a dataset writer stopped", e))??;
     }
     if rows == 0 {
-        create(&dir.join(format!("empty.{EXTENSION}")), &schema)?.close()?;
+        create(&dir.join(format!("empty.{EXTENSION}")), &schema, true)?.close()?;
     }
     Ok(rows)
 }
@@ -480,29 +527,42 @@ mod tests {
     async fn a_dataset_reads_back_whole_with_its_row_count_and_a_damaged_file_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let ctx = SessionContext::new();
-        let ds = dir.path().join("ds");
-        assert_eq!(write(frame(&ctx, 10_000), &ds).await.unwrap(), 10_000);
-        let table = DatasetTable::open(&ds).unwrap();
-        assert_eq!(table.rows(), 10_000);
-        ctx.register_table("ds", Arc::new(table)).unwrap();
-        let out = ctx
-            .sql("SELECT COUNT(*) AS n, SUM(id) AS s, MAX(name) AS m FROM ds WHERE id % 2 = 0")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
-            .unwrap()
-            .to_string();
-        assert!(text.contains("| 5000 | 24995000 | n9998 |"), "{text}");
+        // Through the page cache and around it, the same rows.
+        for cached in [false, true] {
+            let ds = dir.path().join(format!("ds-{cached}"));
+            assert_eq!(
+                write(frame(&ctx, 10_000), &ds, cached).await.unwrap(),
+                10_000
+            );
+            let table = DatasetTable::open(&ds).unwrap();
+            assert_eq!(table.rows(), 10_000);
+            ctx.register_table(format!("ds_{cached}"), Arc::new(table))
+                .unwrap();
+            let out = ctx
+                .sql(&format!(
+                    "SELECT COUNT(*) AS n, SUM(id) AS s, MAX(name) AS m FROM ds_{cached} WHERE id % 2 = 0"
+                ))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&out)
+                .unwrap()
+                .to_string();
+            assert!(
+                text.contains("| 5000 | 24995000 | n9998 |"),
+                "{cached}: {text}"
+            );
+        }
+        let ds = dir.path().join("ds-true");
 
         // No rows: one file with the columns.
         let empty = dir.path().join("empty");
         let none = frame(&ctx, 10)
             .filter(datafusion::prelude::col("id").lt(datafusion::prelude::lit(0)))
             .unwrap();
-        assert_eq!(write(none, &empty).await.unwrap(), 0);
+        assert_eq!(write(none, &empty, true).await.unwrap(), 0);
         let table = DatasetTable::open(&empty).unwrap();
         assert_eq!((table.rows(), table.schema().fields().len()), (0, 2));
 

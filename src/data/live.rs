@@ -1,10 +1,13 @@
 //! Live datasets: a task writing its dataset hands the same batches, as it writes them, to
 //! the one downstream task started beside it, so that task neither waits for the whole
-//! dataset nor reads it back from disk. The dataset is still written whole (every task
-//! boundary stays a checkpoint), and nothing downstream commits before its upstream
+//! dataset nor reads it back from disk. Every task boundary stays a checkpoint (the
+//! dataset is still written whole, or, for a `sql` task whose consumer read it live, kept
+//! as its query: [`super::view`]), and nothing downstream commits before its upstream
 //! succeeded: a live input ends only once its producer's attempt ended, with an error if
 //! that attempt failed, and a `sql` task renames its dataset into place only after every
-//! live input succeeded ([`Streams::upstream_done`]).
+//! live input succeeded ([`Streams::upstream_done`]). The producer can ask whether its
+//! consumer reads the feed ([`Live::uptake`]): one that let it go reads the dataset from
+//! disk instead.
 //!
 //! Which tasks stream into which is the coordinator's decision (`crate::engine`); the
 //! attempt runner ends each producer's [`Live`] with its result. This module owns the
@@ -40,6 +43,18 @@ enum Phase {
 
 type Feed = mpsc::Receiver<Result<RecordBatch, DataFusionError>>;
 
+/// What the consumer did with the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uptake {
+    /// Nothing yet.
+    Pending,
+    /// It started reading the batches live.
+    Reading,
+    /// It let the feed go before reading any batch: it reads the dataset from disk once
+    /// the producer succeeded, or not at all.
+    Released,
+}
+
 /// One producer's hand-over to its one live consumer, for one attempt of each.
 #[derive(Debug)]
 pub struct Live {
@@ -52,6 +67,8 @@ pub struct Live {
     /// About how many bytes the producer reads, when it knows before it starts (0: it does
     /// not): the size a query plans the live table with ([`Live::size_hint`]).
     bytes: AtomicU64,
+    /// Whether the consumer reads the feed, once it knows.
+    uptake: watch::Sender<Uptake>,
 }
 
 impl Live {
@@ -64,6 +81,7 @@ impl Live {
             tx: Mutex::new(Some(tx)),
             rx: Mutex::new(Some(rx)),
             bytes: AtomicU64::new(0),
+            uptake: watch::Sender::new(Uptake::Pending),
         })
     }
 
@@ -106,6 +124,30 @@ impl Live {
         stream_frame(&ctx, Box::pin(RecordBatchStreamAdapter::new(schema, teed)))
     }
 
+    /// Producer, after [`Live::tee`] and before reading the teed frame: waits until the
+    /// consumer either reads the feed ([`Uptake::Reading`]) or lets it go
+    /// ([`Uptake::Released`]). The consumer decides as soon as it has planned its work,
+    /// without waiting for rows (a query reading the input twice lets it go first).
+    pub async fn uptake(&self, cancel: &CancellationToken) -> Result<Uptake, DataError> {
+        let mut rx = self.uptake.subscribe();
+        let known = rx.wait_for(|u| *u != Uptake::Pending);
+        tokio::select! {
+            r = known => Ok(r.map(|u| *u).unwrap_or(Uptake::Released)),
+            _ = cancel.cancelled() => Err(DataError::Cancelled),
+        }
+    }
+
+    /// Consumer: records what it did with the feed; only the first word counts.
+    fn took(&self, what: Uptake) {
+        self.uptake.send_if_modified(|u| {
+            let first = *u == Uptake::Pending;
+            if first {
+                *u = what;
+            }
+            first
+        });
+    }
+
     /// Producer: the attempt ended (`Err` with its error). The consumer's input ends now.
     pub fn finish(&self, result: Result<(), String>) {
         // A feed never started is dropped, so nothing waits on it.
@@ -144,6 +186,7 @@ impl Live {
     /// without waiting for a reader).
     fn release(&self) {
         self.rx.lock().ok().and_then(|mut g| g.take());
+        self.took(Uptake::Released);
     }
 
     /// Consumer: the feed and its schema once the producer writes, or `None` when the
@@ -182,6 +225,10 @@ pub struct Streams {
     /// How many tasks, this one included, were started together joined by streams (0 or
     /// 1: alone). They share one `data.max_memory` ([`Streams::settings`]).
     pub group: usize,
+    /// Whether the consumer of `out` is the only task of the run downstream of this one:
+    /// if it reads the rows live, nothing else reads the dataset unless that consumer is
+    /// retried ([`super::dataset::write_streaming`]).
+    pub sole_reader: bool,
 }
 
 impl Streams {
@@ -248,6 +295,19 @@ pub async fn read(
     }
 }
 
+/// A consumer's feed: let go unread (the stream dropped before its first poll, as by a
+/// query that reads its input twice), it tells the producer so.
+struct Held {
+    feed: Feed,
+    live: Arc<Live>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.live.took(Uptake::Released);
+    }
+}
+
 /// [`read`] as a table to register: the live feed, or `None` for the dataset on disk
 /// (its producer, if it streamed, has succeeded). With `sized`, a feed whose producer gave
 /// no [`Live::size_hint`] is let go and the dataset read once written: a query joining
@@ -267,11 +327,17 @@ pub async fn table(
         feed => feed,
     };
     let Some((schema, feed)) = feed else {
-        // Dropped: the producer writes on without waiting for this reader.
+        // Dropped: the producer writes on without waiting for this reader (told so first,
+        // as it may wait to know).
+        live.took(Uptake::Released);
         live.outcome(cancel).await?;
         return Ok(None);
     };
     let bytes = live.known_size();
+    let feed = Held {
+        feed,
+        live: Arc::clone(live),
+    };
     let live = Arc::clone(live);
     let cancel = cancel.clone();
     let batches = futures_util::stream::unfold(Some(feed), move |feed| {
@@ -279,7 +345,8 @@ pub async fn table(
         let cancel = cancel.clone();
         async move {
             let mut feed = feed?;
-            if let Some(item) = feed.recv().await {
+            live.took(Uptake::Reading);
+            if let Some(item) = feed.feed.recv().await {
                 return Some((item, Some(feed)));
             }
             // The producer sent everything: the input ends only if its attempt succeeded.

@@ -19,6 +19,8 @@ pub mod rules;
 pub mod stream;
 pub mod timestamps;
 pub mod types;
+pub mod uncached;
+pub mod view;
 
 use crate::tasks::TaskError;
 use datafusion::error::DataFusionError;

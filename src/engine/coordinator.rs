@@ -680,7 +680,7 @@ impl Coordinator {
                 .chain(extra.iter())
                 .map(|a| a.task_id.as_str())
                 .collect();
-            streams = wire_streams(&plan, &started);
+            streams = wire_streams(&plan, &started, &self.dependents);
             for (task, s) in &streams {
                 if let Some(live) = &s.out {
                     self.live.insert(task.clone(), Arc::clone(live));
@@ -973,17 +973,21 @@ impl Coordinator {
 /// The hand-overs of a stream plan ([`Coordinator::plan_streams`]) between attempts that
 /// all start now (`started`): one [`Live`] per producer and its consumer, and each task's
 /// group size, the tasks joined by streams (they share one `max_memory`). A producer feeds
-/// one consumer, so every group is a tree whose root is the consumer that feeds no one.
+/// one consumer, so every group is a tree whose root is the consumer that feeds no one. A
+/// producer whose consumer is its only task downstream (`dependents`) is told so.
 fn wire_streams(
     plan: &[(String, Vec<String>)],
     started: &HashSet<&str>,
+    dependents: &HashMap<String, Vec<String>>,
 ) -> HashMap<String, Streams> {
     let mut streams: HashMap<String, Streams> = HashMap::new();
     let mut consumer_of: HashMap<&str, &str> = HashMap::new();
     for (consumer, producers) in plan.iter().filter(|(c, _)| started.contains(c.as_str())) {
         for p in producers.iter().filter(|p| started.contains(p.as_str())) {
             let live = Live::new(p);
-            streams.entry(p.clone()).or_default().out = Some(Arc::clone(&live));
+            let out = streams.entry(p.clone()).or_default();
+            out.out = Some(Arc::clone(&live));
+            out.sole_reader = dependents.get(p).is_some_and(|d| d.len() == 1);
             streams
                 .entry(consumer.clone())
                 .or_default()
@@ -1124,7 +1128,18 @@ mod tests {
             ("other".to_string(), s(&["late"])),
         ];
         let started: HashSet<&str> = ["raw", "q", "save", "a", "b", "join", "other"].into();
-        let w = wire_streams(&plan, &started);
+        // `a` is read by `join` and by another task.
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for (c, ps) in &plan {
+            for p in ps {
+                dependents.entry(p.clone()).or_default().push(c.clone());
+            }
+        }
+        dependents
+            .entry("a".into())
+            .or_default()
+            .push("report".into());
+        let w = wire_streams(&plan, &started, &dependents);
         for t in ["raw", "q", "save"] {
             assert_eq!(w[t].group, 3, "{t}");
         }
@@ -1135,6 +1150,8 @@ mod tests {
         assert!(w["q"].out.is_some() && w["q"].inputs.contains_key("raw"));
         assert!(w["save"].out.is_none() && w["save"].inputs.contains_key("q"));
         assert_eq!(w["join"].inputs.len(), 2);
+        assert!(w["raw"].sole_reader && w["q"].sole_reader && w["b"].sole_reader);
+        assert!(!w["a"].sole_reader);
         assert!(!w.contains_key("other") && !w.contains_key("late"));
     }
 }

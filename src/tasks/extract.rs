@@ -204,8 +204,15 @@ impl TaskKind for ExtractTask {
                 }
                 _ => df,
             };
-            dataset::write_streaming(df, &ctx.data_dir, &ctx.task_id, &ctx.streams, &ctx.cancel)
-                .await
+            dataset::write_streaming(
+                df,
+                &ctx.data_dir,
+                &ctx.task_id,
+                &ctx.streams,
+                &ctx.cancel,
+                None,
+            )
+            .await
         };
         let result = tokio::select! {
             r = work => r,

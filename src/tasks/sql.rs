@@ -4,18 +4,18 @@
 //! `sql: {query: ...}` / `sql: {file: queries/x.sql}`. Run params reach the query two safe
 //! ways: `$name` placeholders bound as typed values, and `{{ params.name }}` templates
 //! rendered as quoted SQL literals. Only queries run: statements that create tables, write
-//! files or change settings are refused.
+//! files or change settings are refused. A query whose consumer reads its rows live is kept
+//! as a view (its query, not its rows: [`crate::data::view`]) unless `materialize: true`.
 
 use super::{BuildContext, Metrics, TaskContext, TaskError, TaskKind, TaskOutput};
 use crate::data::dataset::Scratch;
 use crate::data::live::{self, Streams};
-use crate::data::{dataset, session, spill_dir, DataError};
+use crate::data::{dataset, session, spill_dir, view, DataError};
 use crate::spec::error::SpecError;
 use crate::template::Escape;
 use async_trait::async_trait;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{ParamValues, ScalarValue, TableReference};
-use datafusion::execution::context::SQLOptions;
+use datafusion::common::TableReference;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use marked_yaml::Node;
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 pub struct SqlTask {
     query: Option<String>,
     file: Option<PathBuf>,
+    materialize: bool,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +38,9 @@ pub struct SqlTask {
 struct SqlSpec {
     query: Option<String>,
     file: Option<String>,
+    /// Write the rows even when the consumer read them live (no view).
+    #[serde(default)]
+    materialize: bool,
 }
 
 /// Builds from a query string, or `{query}` / `{file}`.
@@ -45,6 +49,7 @@ pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecEr
         Some(s) => SqlSpec {
             query: Some(s.as_str().to_string()),
             file: None,
+            materialize: false,
         },
         None => cx.decode::<SqlSpec>(node)?,
     };
@@ -53,22 +58,9 @@ pub fn build(node: &Node, cx: &BuildContext) -> Result<Arc<dyn TaskKind>, SpecEr
         (Some(_), None) | (None, Some(_)) => Ok(Arc::new(SqlTask {
             query: spec.query,
             file: spec.file.map(|f| cx.base_dir.join(f)),
+            materialize: spec.materialize,
         })),
         _ => Err(cx.error(node, "give the query as text or as `file`, one of them")),
-    }
-}
-
-/// A run param as a typed SQL value.
-pub fn scalar(v: &serde_json::Value) -> ScalarValue {
-    match v {
-        serde_json::Value::Null => ScalarValue::Utf8(None),
-        serde_json::Value::Bool(b) => ScalarValue::Boolean(Some(*b)),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => ScalarValue::Int64(Some(i)),
-            None => ScalarValue::Float64(n.as_f64()),
-        },
-        serde_json::Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
-        other => ScalarValue::Utf8(Some(other.to_string())),
     }
 }
 
@@ -225,15 +217,17 @@ impl TaskKind for SqlTask {
                 tables.tables.join(", ")
             }
         ));
-        ctx.log.write_bytes(format!("{query}\n").as_bytes());
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
+        let shown = ctx.log.redactor().redact_str(&query);
+        ctx.log.write_bytes(format!("{shown}\n").as_bytes());
+        let params: serde_json::Map<String, serde_json::Value> = if query.contains('$') {
+            ctx.vars.params.clone().into_iter().collect()
+        } else {
+            Default::default()
+        };
         let work = async {
             let plan = || async {
                 session
-                    .sql_with_options(&query, options)
+                    .sql_with_options(&query, view::options())
                     .await
                     .map_err(|e| DataError::from_datafusion("the query", e))
             };
@@ -252,29 +246,41 @@ impl TaskKind for SqlTask {
                     .await?;
                 df = plan().await?;
             }
-            if query.contains('$') {
-                let params: Vec<(String, ScalarValue)> = ctx
-                    .vars
-                    .params
-                    .iter()
-                    .map(|(k, v)| (k.clone(), scalar(v)))
-                    .collect();
-                df = df
-                    .with_param_values(ParamValues::from(params))
-                    .map_err(|e| DataError::from_datafusion("binding params", e))?;
-            }
-            dataset::write_streaming(df, &ctx.data_dir, &ctx.task_id, &ctx.streams, &ctx.cancel)
-                .await
+            // Kept as a view only if running it again gives the same rows, and nothing in
+            // it is a secret (the view is a file beside the data, not a redacted log).
+            let redactor = ctx.log.redactor();
+            let secret = |text: &str| redactor.redact_str(text) != text;
+            let keep_query = !self.materialize
+                && view::repeatable(df.logical_plan())
+                && !secret(&query)
+                && !secret(&serde_json::Value::Object(params.clone()).to_string());
+            let df = view::bind(df, &query, &params)?;
+            let view = keep_query.then(|| view::View {
+                query: query.clone(),
+                params: params.clone(),
+                tables: tables.tables.clone(),
+                rows: 0,
+            });
+            let (dir, streams, cancel) = (&ctx.data_dir, &ctx.streams, &ctx.cancel);
+            dataset::write_streaming(df, dir, &ctx.task_id, streams, cancel, view).await
         };
         let result = tokio::select! {
             r = work => r,
             _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
         };
         let written = result?;
-        ctx.log.note(&format!(
-            "{} rows, dataset {} bytes",
-            written.rows, written.bytes
-        ));
+        let out = dataset::dir(&ctx.data_dir, &ctx.task_id);
+        if view::View::load(&out).ok().flatten().is_some() {
+            ctx.log.note(&format!(
+                "{} rows, read live downstream; kept as a view (its query, not its rows: a task that reads it later runs the query again)",
+                written.rows
+            ));
+        } else {
+            ctx.log.note(&format!(
+                "{} rows, dataset {} bytes",
+                written.rows, written.bytes
+            ));
+        }
         Ok(TaskOutput {
             value: serde_json::json!({ "rows": written.rows }),
             metrics: Metrics {
@@ -282,7 +288,7 @@ impl TaskKind for SqlTask {
                 bytes_written: Some(written.bytes),
                 ..Default::default()
             },
-            dataset: Some(dataset::dir(&ctx.data_dir, &ctx.task_id)),
+            dataset: Some(out),
         })
     }
 }

@@ -1,8 +1,11 @@
 //! Streaming between data tasks: a `sql` or `load` starts beside the extract or query that
-//! feeds it and takes its batches as they are written, while every dataset is still
-//! written whole; nothing downstream commits before its upstream succeeded; a failure
-//! upstream skips what streamed from it and leaves targets as they were; queries that
-//! read a live input twice or not at all do not stall; `data.streaming: false` turns it off.
+//! feeds it and takes its batches as they are written, while every task boundary stays a
+//! checkpoint (an extract's dataset is written whole; a query read live downstream is kept
+//! as a view, which a retried task reads by running the query again, unless the query
+//! would not give the same rows twice or says `materialize: true`); nothing downstream
+//! commits before its upstream succeeded; a failure upstream skips what streamed from it
+//! and leaves targets as they were; queries that read a live input twice or not at all do
+//! not stall; `data.streaming: false` turns it off.
 
 use crate::common::{latest_run, py, wait_with_limit, Project, Run};
 use std::time::Duration;
@@ -60,8 +63,21 @@ tasks:
     load: {sink: parquet, path: out/n.parquet}
 "#;
 
+/// The `.arrow` files and whether there is a `view.json` in task `task`'s dataset folder.
+fn dataset_files(p: &Project, run: &str, task: &str) -> (usize, bool) {
+    let dir = p.path().join(".cauce/data").join(run).join(task);
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    (
+        names.iter().filter(|n| n.ends_with(".arrow")).count(),
+        names.iter().any(|n| n == "view.json"),
+    )
+}
+
 #[test]
-fn a_chain_streams_and_still_writes_every_dataset() {
+fn a_chain_streams_writes_the_extract_and_keeps_the_query_as_a_view() {
     let p = project("");
     p.write("data/n.csv", &numbers(100_000, ""));
     p.pipeline("n", CHAIN);
@@ -80,11 +96,10 @@ fn a_chain_streams_and_still_writes_every_dataset() {
     assert_eq!(task(&s, "raw")["metrics"]["rows_out"], 100_000, "{s}");
     assert_eq!(task(&s, "q")["metrics"]["rows_out"], kept, "{s}");
     assert_eq!(task(&s, "save")["metrics"]["rows_out"], kept, "{s}");
-    // The load counted the bytes of the dataset it read, written whole.
-    assert!(
-        task(&s, "save")["metrics"]["bytes_read"].as_u64().unwrap() > 0,
-        "{s}"
-    );
+    // The query's rows went live into the load: its dataset is its query, not its rows.
+    assert_eq!(dataset_files(&p, &id, "q"), (0, true));
+    let log = p.run(&["logs", &id, "q"]).stdout;
+    assert!(log.contains("kept as a view"), "{log}");
     let out = py(
         p.path(),
         &format!(
@@ -92,16 +107,136 @@ fn a_chain_streams_and_still_writes_every_dataset() {
 import pyarrow.parquet as pq, pyarrow.dataset as ds
 t = pq.read_table('out/n.parquet')
 print(t.num_rows, sum(t.column('w').to_pylist()), str(t.schema.field('w').type))
-print(ds.dataset('.cauce/data/{id}/raw', format='arrow').count_rows(), ds.dataset('.cauce/data/{id}/q', format='arrow').count_rows())
+print(ds.dataset('.cauce/data/{id}/raw', format='arrow').count_rows())
 "#
         ),
     );
     let want: i64 = (0..100_000i64).map(|i| (i % 7) * 2).sum();
-    assert_eq!(
-        out.trim(),
-        format!("{kept} {want} int64\n100000 {kept}"),
-        "{out}"
+    assert_eq!(out.trim(), format!("{kept} {want} int64\n100000"), "{out}");
+}
+
+/// A load fails after two queries streamed into it (the second with a bound `$min` and a
+/// templated param); `cauce retry` runs the load alone, which reads the second query's view,
+/// which reads the first's: the same rows as a run that never failed.
+#[test]
+fn a_retried_load_reads_views_over_views_with_their_params() {
+    let p = project("");
+    p.write("data/n.csv", &numbers(60_000, ""));
+    // `out/n.csv` is a folder, so the load reads every row and then cannot put its file
+    // there, until the folder goes.
+    p.write("out/n.csv/in-the-way", "");
+    p.pipeline(
+        "n",
+        r#"
+params: {min: 2, label: low}
+tasks:
+  raw:
+    extract: {source: csv, path: data/n.csv, columns: {v: int}}
+  wide:
+    depends_on: [raw]
+    sql: SELECT id, v, v * 10 AS w, {{ params.label }} AS label FROM raw WHERE id % 2 = 0
+  narrow:
+    depends_on: [wide]
+    sql: SELECT label, v, count(*) AS n, sum(w) AS w FROM wide WHERE v >= $min GROUP BY label, v
+  save:
+    depends_on: [narrow]
+    load: {sink: csv, path: out/n.csv}
+"#,
     );
+    let r = run(&p, &["run", "n", "-p", "min=4", "-p", "label=it's"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let id = latest_run(&p);
+    let states = p.task_states(&id);
+    assert_eq!(states["narrow"], "success", "{states:?}");
+    assert_eq!(states["save"], "failed", "{states:?}");
+    assert_eq!(dataset_files(&p, &id, "wide"), (0, true));
+    assert_eq!(dataset_files(&p, &id, "narrow"), (0, true));
+    std::fs::remove_dir_all(p.path().join("out/n.csv")).unwrap();
+    let r = run(&p, &["retry", &id]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let s = p.status(&id);
+    assert_eq!(task(&s, "save")["metrics"]["rows_out"], 3, "{s}");
+    let mut want = String::from("label,v,n,w\n");
+    for v in 4..7u64 {
+        let ids = (0..60_000u64).filter(|i| i % 2 == 0 && i % 7 == v);
+        let n = ids.count() as u64;
+        want.push_str(&format!("it's,{v},{n},{}\n", n * v * 10));
+    }
+    let mut got: Vec<String> = p.read("out/n.csv").lines().map(String::from).collect();
+    got[1..].sort();
+    assert_eq!(got.join("\n") + "\n", want);
+}
+
+/// Rows that a query would not give again (`random()`, a `LIMIT`), a query that says
+/// `materialize: true`, and one whose consumer reads it twice are written as files, even
+/// though they streamed.
+#[test]
+fn queries_that_cannot_be_run_again_or_ask_to_are_written_as_rows() {
+    let p = project("");
+    p.write("data/n.csv", &numbers(30_000, ""));
+    p.pipeline(
+        "n",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/n.csv}
+  dice:
+    depends_on: [raw]
+    sql: SELECT id, random() AS r FROM raw
+  save_dice:
+    depends_on: [dice]
+    load: {sink: csv, path: out/dice.csv}
+  raw2:
+    extract: {source: csv, path: data/n.csv}
+  some:
+    depends_on: [raw2]
+    sql: SELECT id FROM raw2 ORDER BY id LIMIT 10
+  save_some:
+    depends_on: [some]
+    load: {sink: csv, path: out/some.csv}
+  raw3:
+    extract: {source: csv, path: data/n.csv}
+  kept:
+    depends_on: [raw3]
+    sql: {query: "SELECT id, v FROM raw3 WHERE v = 1", materialize: true}
+  save_kept:
+    depends_on: [kept]
+    load: {sink: csv, path: out/kept.csv}
+  raw4:
+    extract: {source: csv, path: data/n.csv}
+  doubled:
+    depends_on: [raw4]
+    sql: SELECT id, v * 2 AS w FROM raw4
+  pairs:
+    depends_on: [doubled]
+    sql: SELECT count(*) AS n FROM doubled a JOIN doubled b ON a.id = b.id AND a.w = b.w
+  save_pairs:
+    depends_on: [pairs]
+    load: {sink: csv, path: out/pairs.csv}
+"#,
+    );
+    let r = run(&p, &["run", "n", "--max-workers", "4"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let id = latest_run(&p);
+    let s = p.status(&id);
+    // Each query streamed into its load, and still wrote its rows.
+    for (q, save) in [
+        ("dice", "save_dice"),
+        ("some", "save_some"),
+        ("kept", "save_kept"),
+    ] {
+        let (_, q_end) = times(&s, q);
+        let (save_start, _) = times(&s, save);
+        assert!(save_start < q_end, "{save} did not stream from {q}: {s}");
+        let (files, view) = dataset_files(&p, &id, q);
+        assert!(files > 0 && !view, "{q}: {files} files, view {view}");
+    }
+    // `pairs` read `doubled` twice, so `doubled` wrote its rows for it to read.
+    let (files, view) = dataset_files(&p, &id, "doubled");
+    assert!(files > 0 && !view, "doubled: {files} files, view {view}");
+    assert_eq!(p.read("out/pairs.csv"), "n\n30000\n");
+    assert_eq!(p.read("out/some.csv").lines().count(), 11);
+    assert_eq!(p.read("out/dice.csv").lines().count(), 30_001);
 }
 
 #[test]
@@ -277,6 +412,10 @@ tasks:
 /// live input has its file's size) while the large one streams through.
 #[test]
 fn a_query_joining_three_live_extracts_streams_from_all_of_them() {
+    three_live_extracts("3");
+}
+
+fn three_live_extracts(workers: &str) {
     let p = project("");
     p.write("data/facts.csv", &numbers(200_000, ""));
     let mut names = String::from("k,name\n");
@@ -308,7 +447,7 @@ tasks:
     load: {sink: csv, path: out/q.csv}
 "#,
     );
-    let r = run(&p, &["run", "fan", "--max-workers", "3"]);
+    let r = run(&p, &["run", "fan", "--max-workers", workers]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let s = p.status(&latest_run(&p));
     let (_, facts_end) = times(&s, "facts");
@@ -317,10 +456,13 @@ tasks:
         let (start, _) = times(&s, small);
         assert!(
             start < facts_end,
-            "{small} did not start with the others: {s}"
+            "{workers} slots: {small} did not start with the others: {s}"
         );
     }
-    assert!(q_start < facts_end, "the query did not stream: {s}");
+    assert!(
+        q_start < facts_end,
+        "{workers} slots: the query did not stream: {s}"
+    );
     // Every extract's dataset is still written whole.
     assert_eq!(task(&s, "facts")["metrics"]["rows_out"], 200_000, "{s}");
     let (mut n, mut total) = ([0u64; 2], [0u64; 2]);

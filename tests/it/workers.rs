@@ -765,6 +765,63 @@ fn datasets_and_logs_cross_machines_through_an_s3_bucket() {
         .exists());
 }
 
+/// A run on one machine streams a query into a load that fails; the query is kept as a
+/// view in the bucket. `cauce retry` on a machine with none of the run's datasets fetches
+/// the view and the extract it reads through, and loads the same rows.
+#[test]
+fn a_retry_elsewhere_fetches_a_view_and_what_it_reads() {
+    let s3 = S3Server::start();
+    s3.create_bucket("cauce-views");
+    let url = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(crate::store::postgres_url());
+    let settings = format!(
+        "store: \"{url}\"\nshared_dir: s3://cauce-views/p\n\
+         shared_options:\n  endpoint: {}\n  allow_http: \"true\"\n  region: us-east-1\n  access_key_id: test\n  secret_access_key: test\n",
+        s3.endpoint
+    );
+    let a = Project::new();
+    let b = Project::new();
+    for m in [&a, &b] {
+        m.write("cauce.yaml", &settings);
+    }
+    a.write("n.csv", "id,v\n1,10\n2,20\n3,30\n4,40\n");
+    // `out.csv` is a folder: the load reads every row, then cannot put its file there.
+    a.write("out.csv/in-the-way", "");
+    a.pipeline(
+        "chain",
+        "tasks:\n\
+         \x20 raw: {extract: {source: csv, path: n.csv}}\n\
+         \x20 big: {depends_on: [raw], sql: \"SELECT id, v * 2 AS w FROM raw WHERE v > 15\"}\n\
+         \x20 save: {depends_on: [big], load: {sink: csv, path: out.csv}}\n",
+    );
+    let r = a.run(&["run", "chain"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let id = latest_run(&a);
+    assert!(
+        a.path()
+            .join(format!(".cauce/data/{id}/big/view.json"))
+            .is_file(),
+        "the query streamed into the load and was kept as a view: {}\n{}",
+        a.status(&id),
+        a.run(&["logs", &id, "big"]).stdout
+    );
+    let keys = s3.keys("cauce-views", &format!("p/data/{id}/"));
+    assert!(
+        keys.contains(&format!("p/data/{id}/big/view.json")),
+        "{keys:?}"
+    );
+    std::fs::remove_dir_all(a.path().join("out.csv")).unwrap();
+    let r = b.run(&["retry", &id]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // B has no checkout at A's path: the run's pipeline file is outside B's project, so
+    // its relative paths are taken from that file's folder.
+    assert_eq!(a.read("pipelines/out.csv"), "id,w\n2,40\n3,60\n4,80\n");
+    assert!(b.path().join(format!(".cauce/data/{id}/raw")).is_dir());
+    let st = b.status(&id);
+    assert_eq!(attempts_of(&st, "raw").len(), 1, "not run again: {st}");
+}
+
 #[test]
 fn a_bad_shared_storage_setting_is_a_located_error() {
     let p = Project::new();
