@@ -652,6 +652,27 @@ impl Coordinator {
             self.claimable - want
         };
         let svc = Arc::clone(&self.engine.services);
+        // Upstream tasks still queued that let a task take all its inputs live start now too.
+        let join = self.producers_to_join(&claimed);
+        if !join.is_empty() {
+            let claim = ClaimRequest {
+                run_id: Some(&self.run.id),
+                queues: None,
+                tasks: Some(&join),
+                lease: svc.project.settings.lease,
+                limit: join.len(),
+            };
+            match svc.store.claim_many(&svc.owner, claim, now_ms()).await {
+                Ok(more) => {
+                    self.claimable = self.claimable.saturating_sub(more.len());
+                    claimed.extend(more);
+                }
+                // Only an optimisation: they start when a slot frees, as usual.
+                Err(e) => {
+                    tracing::warn!(run = %self.run.id, "could not start the tasks to stream together: {e}")
+                }
+            }
+        }
         // The tasks that start beside these, streaming from them.
         let plan = self.plan_streams(&claimed);
         let mut streams: HashMap<String, Streams> = HashMap::new();
@@ -714,6 +735,65 @@ impl Coordinator {
                 s,
             ));
         }
+    }
+
+    /// Queued tasks to start beside `starting`, beyond the run's free slots: the upstream
+    /// tasks a pending task still waits for that would let it stream from all of its inputs
+    /// at once ([`Coordinator::plan_streams`]), when at least one of them starts now. Without
+    /// them, that task would wait for the slower ones and read what the others wrote from
+    /// disk. Each upstream qualifies as `plan_streams` asks (a kind that streams, no
+    /// retries, read by that task, not promised to another); at most `max_workers` join.
+    fn producers_to_join(&self, starting: &[crate::store::AttemptRecord]) -> Vec<String> {
+        if !self.streaming || self.cancelled || self.stopping.is_some() {
+            return Vec::new();
+        }
+        let tasks = &self.run.pipeline.tasks;
+        let starting: HashSet<&str> = starting.iter().map(|a| a.task_id.as_str()).collect();
+        let mut promised: HashSet<&str> = HashSet::new();
+        let mut join: Vec<String> = Vec::new();
+        for id in &self.order {
+            let t = &tasks[id];
+            if self.states[id] != TaskState::Pending
+                || !t.action.streams_input()
+                || t.trigger != Trigger::AllSuccess
+                || t.timeout.is_some()
+            {
+                continue;
+            }
+            let reads = t.action.reads();
+            let (mut live, mut queued) = (Vec::new(), Vec::new());
+            let all = t
+                .depends_on
+                .iter()
+                .filter(|u| self.selected.contains(*u))
+                .all(|u| {
+                    if self.states[u] == TaskState::Success {
+                        return true;
+                    }
+                    let up = &tasks[u];
+                    let streams = up.action.streams_output()
+                        && up.retry.retries == 0
+                        && (reads.is_empty() || reads.contains(u))
+                        && !promised.contains(u.as_str());
+                    if streams && starting.contains(u.as_str()) {
+                        live.push(u.as_str());
+                    } else if streams && self.states[u] == TaskState::Queued {
+                        queued.push(u.as_str());
+                    } else {
+                        return false;
+                    }
+                    true
+                });
+            if !all || live.is_empty() || queued.is_empty() {
+                continue;
+            }
+            if join.len() + queued.len() > self.run.max_workers {
+                break;
+            }
+            promised.extend(live.iter().chain(queued.iter()).copied());
+            join.extend(queued.into_iter().map(String::from));
+        }
+        join
     }
 
     /// Which pending tasks start now beside `starting`, each with the upstream tasks that

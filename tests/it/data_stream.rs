@@ -407,12 +407,15 @@ tasks:
     assert_eq!(task(&s, "save")["attempts"], 2, "{s}");
 }
 
-/// A query over one large extract and two small ones, joined, all started together (three
-/// slots): the query streams from the three, and the join hashes the small tables (each
-/// live input has its file's size) while the large one streams through.
+/// A query over one large extract and two small ones, joined: with three slots or with
+/// two, the three extracts start together (the third beyond the two slots, to stream), the
+/// query streams from the three, and the join hashes the small tables (each live input has
+/// its file's size) while the large one streams through.
 #[test]
 fn a_query_joining_three_live_extracts_streams_from_all_of_them() {
-    three_live_extracts("3");
+    for workers in ["3", "2"] {
+        three_live_extracts(workers);
+    }
 }
 
 fn three_live_extracts(workers: &str) {
