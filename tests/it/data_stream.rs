@@ -527,3 +527,44 @@ tasks:
     }
     assert_eq!(p.read("out/q.csv"), want);
 }
+
+/// A query holding a secret (`${VAR}`) streams into its load: its log shows the secret
+/// masked, and its rows are written, not kept as a view whose file would hold the secret.
+#[test]
+fn a_query_holding_a_secret_is_masked_in_its_log_and_not_kept_as_a_view() {
+    let p = project("");
+    p.write("data/n.csv", &numbers(1_000, ""));
+    p.pipeline(
+        "n",
+        r#"
+tasks:
+  raw:
+    extract: {source: csv, path: data/n.csv}
+  tagged:
+    depends_on: [raw]
+    sql: "SELECT id, ${CAUCE_IT_SQL_SECRET} AS tag FROM raw WHERE v = 3"
+  save:
+    depends_on: [tagged]
+    load: {sink: csv, path: out/tagged.csv}
+"#,
+    );
+    let out = p
+        .cmd(&["run", "n"])
+        .env("CAUCE_IT_SQL_SECRET", "s3cret-in-sql")
+        .output()
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let id = latest_run(&p);
+    let s = p.status(&id);
+    let (_, q_end) = times(&s, "tagged");
+    let (save_start, _) = times(&s, "save");
+    assert!(save_start < q_end, "the load did not stream: {s}");
+    let (files, view) = dataset_files(&p, &id, "tagged");
+    assert!(files > 0 && !view, "{files} files, view {view}");
+    let log = p.run(&["logs", &id, "tagged"]).stdout;
+    assert!(log.contains("'***' AS tag"), "{log}");
+    assert!(!log.contains("s3cret-in-sql"), "{log}");
+    // The rows themselves hold what the query made of it.
+    assert!(p.read("out/tagged.csv").contains("s3cret-in-sql"));
+}
