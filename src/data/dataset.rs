@@ -176,7 +176,7 @@ pub async fn write(
     task_id: &str,
 ) -> Result<Written, DataError> {
     let none = super::live::Streams::default();
-    write_streaming(
+    let (written, _) = write_streaming(
         df,
         run_data_dir,
         task_id,
@@ -184,7 +184,8 @@ pub async fn write(
         &CancellationToken::new(),
         None,
     )
-    .await
+    .await?;
+    Ok(written)
 }
 
 /// [`write`], handing the batches to `streams.out`'s consumer as they are written, and
@@ -192,7 +193,7 @@ pub async fn write(
 /// query can end before its input does, with a `LIMIT`). When that consumer is the only
 /// task downstream and reads the batches live, nothing is about to read the dataset: it is
 /// `view` if given (the rows are not written at all, see [`super::view`]), else written
-/// around the page cache ([`super::uncached`]).
+/// around the page cache ([`super::uncached`]). Says whether it was kept as the view.
 pub async fn write_streaming(
     df: DataFrame,
     run_data_dir: &Path,
@@ -200,7 +201,7 @@ pub async fn write_streaming(
     streams: &super::live::Streams,
     cancel: &CancellationToken,
     view: Option<super::view::View>,
-) -> Result<Written, DataError> {
+) -> Result<(Written, bool), DataError> {
     let target = dir(run_data_dir, task_id);
     let guard = Scratch::new(temp_beside(&target, "tmp"));
     let tmp = guard.path();
@@ -214,20 +215,18 @@ pub async fn write_streaming(
         }
         None => (df, false),
     };
-    let rows = match view {
+    let (rows, as_view) = match view {
         Some(mut view) if read_live => {
             view.rows = count(df).await?;
             view.save(tmp)?;
-            view.rows
+            (view.rows, true)
         }
-        _ => super::files::write(df, tmp, !read_live).await?,
+        _ => (super::files::write(df, tmp, !read_live).await?, false),
     };
     streams.upstream_done(cancel).await?;
     replace_dir(tmp, &target)?;
-    Ok(Written {
-        rows,
-        bytes: size_of(&target),
-    })
+    let bytes = size_of(&target);
+    Ok((Written { rows, bytes }, as_view))
 }
 
 /// Runs `df` to its end, keeping nothing; returns its rows.

@@ -143,33 +143,23 @@ pub fn bind(
 /// arrive in), no window function (ties in its order), and only aggregates that do not
 /// depend on the order of their input ([`REPEATABLE_AGGREGATES`]).
 pub fn repeatable(plan: &LogicalPlan) -> bool {
+    let next = |ok: bool| match ok {
+        true => TreeNodeRecursion::Continue,
+        false => TreeNodeRecursion::Stop,
+    };
     let mut ok = true;
     let _ = plan.apply_with_subqueries(|p| {
-        if matches!(
+        ok = !matches!(
             p,
             LogicalPlan::Limit(_) | LogicalPlan::Window(_) | LogicalPlan::Distinct(Distinct::On(_))
-        ) || matches!(p, LogicalPlan::Sort(s) if s.fetch.is_some())
-        {
-            ok = false;
-        } else {
-            let _ = p.apply_expressions(|e| {
-                e.apply(|e| {
-                    if !repeatable_expr(e) {
-                        ok = false;
-                    }
-                    Ok(if ok {
-                        TreeNodeRecursion::Continue
-                    } else {
-                        TreeNodeRecursion::Stop
-                    })
-                })
-            });
+        ) && !matches!(p, LogicalPlan::Sort(s) if s.fetch.is_some());
+        if ok {
+            p.apply_expressions(|e| {
+                ok = !e.exists(|e| Ok(!repeatable_expr(e)))?;
+                Ok(next(ok))
+            })?;
         }
-        Ok(if ok {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
+        Ok(next(ok))
     });
     ok
 }

@@ -753,11 +753,7 @@ impl Coordinator {
         let mut join: Vec<String> = Vec::new();
         for id in &self.order {
             let t = &tasks[id];
-            if self.states[id] != TaskState::Pending
-                || !t.action.streams_input()
-                || t.trigger != Trigger::AllSuccess
-                || t.timeout.is_some()
-            {
+            if self.states[id] != TaskState::Pending || !takes_live_input(t) {
                 continue;
             }
             let reads = t.action.reads();
@@ -827,10 +823,7 @@ impl Coordinator {
                     continue;
                 }
                 let t = &tasks[id];
-                if !t.action.streams_input()
-                    || t.trigger != Trigger::AllSuccess
-                    || t.timeout.is_some()
-                {
+                if !takes_live_input(t) {
                     continue;
                 }
                 let reads = t.action.reads();
@@ -1089,6 +1082,13 @@ fn wire_streams(
         s.group = root_of.values().filter(|r| *r == mine).count();
     }
     streams
+}
+
+/// Whether `task` may start beside its upstream tasks and take their batches live: a
+/// kind that streams its input (`sql`, `load`), waiting for `all_success`, with no timeout
+/// (its clock would run while it waits for rows).
+fn takes_live_input(task: &crate::spec::Task) -> bool {
+    task.action.streams_input() && task.trigger == Trigger::AllSuccess && task.timeout.is_none()
 }
 
 /// What follows an attempt of `task` (whose retry budget started at attempt

@@ -213,6 +213,7 @@ impl TaskKind for ExtractTask {
                 None,
             )
             .await
+            .map(|(written, _)| written)
         };
         let result = tokio::select! {
             r = work => r,

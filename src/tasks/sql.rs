@@ -268,9 +268,8 @@ impl TaskKind for SqlTask {
             r = work => r,
             _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
         };
-        let written = result?;
-        let out = dataset::dir(&ctx.data_dir, &ctx.task_id);
-        if view::View::load(&out).ok().flatten().is_some() {
+        let (written, as_view) = result?;
+        if as_view {
             ctx.log.note(&format!(
                 "{} rows, read live downstream; kept as a view (its query, not its rows: a task that reads it later runs the query again)",
                 written.rows
@@ -288,7 +287,7 @@ impl TaskKind for SqlTask {
                 bytes_written: Some(written.bytes),
                 ..Default::default()
             },
-            dataset: Some(out),
+            dataset: Some(dataset::dir(&ctx.data_dir, &ctx.task_id)),
         })
     }
 }
