@@ -279,15 +279,15 @@ pub async fn read(
     run_data_dir: &Path,
     task_id: &str,
 ) -> Result<DataFrame, DataError> {
-    read_at(ctx, run_data_dir, task_id, 0).await
+    read_at(ctx, run_data_dir, task_id, &[]).await
 }
 
-/// [`read`] of a dataset that a view `depth` levels up reads.
+/// [`read`] of a dataset that the views of `readers` read through, outermost first.
 pub(super) async fn read_at(
     ctx: &SessionContext,
     run_data_dir: &Path,
     task_id: &str,
-    depth: usize,
+    readers: &[String],
 ) -> Result<DataFrame, DataError> {
     let d = dir(run_data_dir, task_id);
     if !d.is_dir() {
@@ -296,7 +296,7 @@ pub(super) async fn read_at(
         )));
     }
     if let Some(view) = super::view::View::load(&d)? {
-        return super::view::read(ctx, run_data_dir, view, depth).await;
+        return super::view::read(ctx, run_data_dir, task_id, view, readers).await;
     }
     let table = super::files::DatasetTable::open(&d)?;
     ctx.read_table(std::sync::Arc::new(table))

@@ -29,9 +29,10 @@ use std::sync::Arc;
 /// The file that makes a dataset's folder a view.
 pub const FILE: &str = "view.json";
 
-/// Views read through at most this many views below them: deeper is a damaged file, not a
-/// pipeline (each level is a task upstream of the last).
-const MAX_DEPTH: usize = 256;
+/// Views read through at most this many views below them (each level is a task upstream
+/// of the last): every level nests the query plan deeper, and the planner's recursion must
+/// stay within a thread's 2 MiB stack (32 levels overflowed it in a debug build).
+pub const MAX_DEPTH: usize = 16;
 
 /// Aggregate functions whose result does not depend on the order of their input rows
 /// (a sum of floating-point numbers may differ in its last digits, as with any re-run).
@@ -176,21 +177,32 @@ fn repeatable_expr(e: &Expr) -> bool {
 /// The rows of the view in dataset folder `dir` of the run, as a frame of `ctx`: its query
 /// planned again, in a session of its own (its tables' names are its own business) that
 /// shares `ctx`'s memory budget and settings.
+/// `readers` are the tasks whose views led to this one (`task_id`'s), outermost first.
 pub async fn read(
     ctx: &SessionContext,
     run_data_dir: &Path,
+    task_id: &str,
     view: View,
-    depth: usize,
+    readers: &[String],
 ) -> Result<DataFrame, DataError> {
-    if depth >= MAX_DEPTH {
+    if readers.len() >= MAX_DEPTH {
         return Err(DataError::Io(format!(
-            "views in {} read through more than {MAX_DEPTH} others",
+            "the view of `{task_id}` in {} reads through more than {MAX_DEPTH} other views",
             run_data_dir.display()
         )));
     }
+    let mut chain = readers.to_vec();
+    chain.push(task_id.to_string());
     let own = own_session(ctx);
     for t in &view.tables {
-        let df = Box::pin(dataset::read_at(&own, run_data_dir, t, depth + 1)).await?;
+        if chain.contains(t) {
+            return Err(DataError::Io(format!(
+                "the view of `{task_id}` in {} is damaged: it reads `{t}`, which reads it ({} -> {t})",
+                run_data_dir.display(),
+                chain.join(" -> ")
+            )));
+        }
+        let df = Box::pin(dataset::read_at(&own, run_data_dir, t, &chain)).await?;
         own.register_table(TableReference::bare(t.as_str()), df.into_view())
             .map_err(|e| DataError::from_datafusion(format!("registering `{t}`"), e))?;
     }
@@ -259,6 +271,81 @@ mod tests {
         ] {
             assert!(!repeatable(&plan(q).await), "{q}");
         }
+    }
+
+    /// A dataset `t0` and views `t1`..`tN`, each reading the one before (`t1` from `t0`).
+    fn chain(run: &Path, n: usize) {
+        for i in 1..=n {
+            let dir = dataset::dir(run, &format!("t{i}"));
+            std::fs::create_dir_all(&dir).expect("view dir");
+            View {
+                query: format!("SELECT a + 1 AS a FROM t{}", i - 1),
+                params: Default::default(),
+                tables: vec![format!("t{}", i - 1)],
+                rows: 2,
+            }
+            .save(&dir)
+            .expect("view saved");
+        }
+    }
+
+    async fn sum(run: &Path, task: &str) -> Result<String, DataError> {
+        let ctx = SessionContext::new();
+        let df = dataset::read(&ctx, run, task).await?;
+        let batches = df
+            .aggregate(
+                vec![],
+                vec![datafusion::functions_aggregate::expr_fn::sum(
+                    datafusion::prelude::col("a"),
+                )],
+            )
+            .map_err(|e| DataError::from_datafusion("sum", e))?
+            .collect()
+            .await
+            .map_err(|e| DataError::from_datafusion("sum", e))?;
+        Ok(
+            datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                .expect("printed")
+                .to_string(),
+        )
+    }
+
+    /// Views over views read to the deepest level allowed; deeper, and a view that reads
+    /// itself round a loop, are errors that name the view (not a stack overflow).
+    #[tokio::test]
+    async fn views_read_through_views_to_a_limit_and_a_loop_is_an_error() {
+        let run = tempfile::tempdir().expect("tempdir");
+        let ctx = SessionContext::new();
+        let t0 = ctx
+            .sql("SELECT * FROM (VALUES (1), (2)) AS v(a)")
+            .await
+            .expect("rows");
+        dataset::write(t0, run.path(), "t0")
+            .await
+            .expect("t0 written");
+        chain(run.path(), MAX_DEPTH + 1);
+        // t32 reads 32 views down to t0's rows: (1 + 32) + (2 + 32).
+        let top = format!("t{MAX_DEPTH}");
+        let out = sum(run.path(), &top).await.expect("deepest view read");
+        assert!(out.contains(&format!("| {} ", 3 + 2 * MAX_DEPTH)), "{out}");
+        let deeper = format!("t{}", MAX_DEPTH + 1);
+        let e = sum(run.path(), &deeper).await.expect_err("too deep");
+        assert!(e.to_string().contains("more than 16 other views"), "{e}");
+        // t1 damaged so that it reads t3, which reads t2, which reads t1.
+        View {
+            query: "SELECT a FROM t3".into(),
+            params: Default::default(),
+            tables: vec!["t3".into()],
+            rows: 2,
+        }
+        .save(&dataset::dir(run.path(), "t1"))
+        .expect("damaged");
+        let e = sum(run.path(), "t3").await.expect_err("a loop");
+        assert!(
+            e.to_string()
+                .contains("it reads `t3`, which reads it (t3 -> t2 -> t1 -> t3)"),
+            "{e}"
+        );
     }
 
     #[test]
