@@ -188,12 +188,25 @@ pub async fn write(
     Ok(written)
 }
 
+/// How [`write_streaming`] kept a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// As rows in files.
+    Rows,
+    /// As its query ([`super::view`]).
+    View,
+    /// As rows, although its consumer read it live: a view over it would read through
+    /// more than [`super::view::MAX_DEPTH`] views, so the query ran again over its
+    /// upstream datasets and wrote what it gave.
+    RowsBelowDeepViews,
+}
+
 /// [`write`], handing the batches to `streams.out`'s consumer as they are written, and
 /// putting the dataset in place only once every live input of `streams` succeeded (a
 /// query can end before its input does, with a `LIMIT`). When that consumer is the only
 /// task downstream and reads the batches live, nothing is about to read the dataset: it is
 /// `view` if given (the rows are not written at all, see [`super::view`]), else written
-/// around the page cache ([`super::uncached`]). Says whether it was kept as the view.
+/// around the page cache ([`super::uncached`]).
 pub async fn write_streaming(
     df: DataFrame,
     run_data_dir: &Path,
@@ -201,7 +214,7 @@ pub async fn write_streaming(
     streams: &super::live::Streams,
     cancel: &CancellationToken,
     view: Option<super::view::View>,
-) -> Result<(Written, bool), DataError> {
+) -> Result<(Written, Kept), DataError> {
     let target = dir(run_data_dir, task_id);
     let guard = Scratch::new(temp_beside(&target, "tmp"));
     let tmp = guard.path();
@@ -215,18 +228,29 @@ pub async fn write_streaming(
         }
         None => (df, false),
     };
-    let (rows, as_view) = match view {
+    let (rows, kept) = match view {
         Some(mut view) if read_live => {
+            let ctx = SessionContext::new_with_state(df.clone().into_parts().0);
             view.rows = count(df).await?;
-            view.save(tmp)?;
-            (view.rows, true)
+            // The upstream datasets are in place once their tasks succeeded.
+            streams.upstream_done(cancel).await?;
+            let below = super::view::depth_below(run_data_dir, &view.tables)?;
+            if below < super::view::MAX_DEPTH {
+                view.depth = Some(below + 1);
+                view.save(tmp)?;
+                (view.rows, Kept::View)
+            } else {
+                let again = super::view::rows(&ctx, run_data_dir, &view, &[]).await?;
+                let rows = super::files::write(again, tmp, false).await?;
+                (rows, Kept::RowsBelowDeepViews)
+            }
         }
-        _ => (super::files::write(df, tmp, !read_live).await?, false),
+        _ => (super::files::write(df, tmp, !read_live).await?, Kept::Rows),
     };
     streams.upstream_done(cancel).await?;
     replace_dir(tmp, &target)?;
     let bytes = size_of(&target);
-    Ok((Written { rows, bytes }, as_view))
+    Ok((Written { rows, bytes }, kept))
 }
 
 /// Runs `df` to its end, keeping nothing; returns its rows.

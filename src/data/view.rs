@@ -31,7 +31,8 @@ pub const FILE: &str = "view.json";
 
 /// Views read through at most this many views below them (each level is a task upstream
 /// of the last): every level nests the query plan deeper, and the planner's recursion must
-/// stay within a thread's 2 MiB stack (32 levels overflowed it in a debug build).
+/// stay within a thread's 2 MiB stack (32 levels overflowed it in a debug build). A `sql`
+/// task whose view would be deeper writes its rows instead ([`depth_below`]).
 pub const MAX_DEPTH: usize = 16;
 
 /// Aggregate functions whose result does not depend on the order of their input rows
@@ -72,6 +73,10 @@ pub struct View {
     /// The rows it gave when it ran.
     #[serde(default)]
     pub rows: u64,
+    /// How many views a reader reads through to reach rows, this one included (1 when its
+    /// tables are rows on disk); views written before it was recorded lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
 }
 
 impl View {
@@ -174,9 +179,30 @@ fn repeatable_expr(e: &Expr) -> bool {
     }
 }
 
-/// The rows of the view in dataset folder `dir` of the run, as a frame of `ctx`: its query
-/// planned again, in a session of its own (its tables' names are its own business) that
-/// shares `ctx`'s memory budget and settings.
+/// How many views a reader of the run's datasets `tables` reads through, at most (0 when
+/// all are rows on disk): what a view over them would add one to.
+pub fn depth_below(run_data_dir: &Path, tables: &[String]) -> Result<usize, DataError> {
+    depth_at(run_data_dir, tables, 0)
+}
+
+fn depth_at(run_data_dir: &Path, tables: &[String], level: usize) -> Result<usize, DataError> {
+    let mut most = 0;
+    for t in tables {
+        let Some(view) = View::load(&dataset::dir(run_data_dir, t))? else {
+            continue;
+        };
+        let d = match view.depth {
+            Some(d) => d,
+            // Unrecorded (an older view): counted, as far as a reader could go.
+            None if level >= MAX_DEPTH => MAX_DEPTH + 1,
+            None => (depth_at(run_data_dir, &view.tables, level + 1)? + 1).min(MAX_DEPTH + 1),
+        };
+        most = most.max(d);
+    }
+    Ok(most)
+}
+
+/// The rows of the view in dataset folder `dir` of the run, as a frame of `ctx` ([`rows`]).
 /// `readers` are the tasks whose views led to this one (`task_id`'s), outermost first.
 pub async fn read(
     ctx: &SessionContext,
@@ -193,16 +219,29 @@ pub async fn read(
     }
     let mut chain = readers.to_vec();
     chain.push(task_id.to_string());
+    if let Some(t) = view.tables.iter().find(|t| chain.contains(t)) {
+        return Err(DataError::Io(format!(
+            "the view of `{task_id}` in {} is damaged: it reads `{t}`, which reads it ({} -> {t})",
+            run_data_dir.display(),
+            chain.join(" -> ")
+        )));
+    }
+    rows(ctx, run_data_dir, &view, &chain).await
+}
+
+/// The rows of `view` as a frame of `ctx`: its query planned again over the run's
+/// datasets, in a session of its own (its tables' names are its own business) that shares
+/// `ctx`'s memory budget and settings. `readers` are the views that led here, outermost
+/// first.
+pub async fn rows(
+    ctx: &SessionContext,
+    run_data_dir: &Path,
+    view: &View,
+    readers: &[String],
+) -> Result<DataFrame, DataError> {
     let own = own_session(ctx);
     for t in &view.tables {
-        if chain.contains(t) {
-            return Err(DataError::Io(format!(
-                "the view of `{task_id}` in {} is damaged: it reads `{t}`, which reads it ({} -> {t})",
-                run_data_dir.display(),
-                chain.join(" -> ")
-            )));
-        }
-        let df = Box::pin(dataset::read_at(&own, run_data_dir, t, &chain)).await?;
+        let df = Box::pin(dataset::read_at(&own, run_data_dir, t, readers)).await?;
         own.register_table(TableReference::bare(t.as_str()), df.into_view())
             .map_err(|e| DataError::from_datafusion(format!("registering `{t}`"), e))?;
     }
@@ -283,6 +322,7 @@ mod tests {
                 params: Default::default(),
                 tables: vec![format!("t{}", i - 1)],
                 rows: 2,
+                depth: None,
             }
             .save(&dir)
             .expect("view saved");
@@ -331,15 +371,22 @@ mod tests {
         let deeper = format!("t{}", MAX_DEPTH + 1);
         let e = sum(run.path(), &deeper).await.expect_err("too deep");
         assert!(e.to_string().contains("more than 16 other views"), "{e}");
+        // What a view over each would count (none recorded here: counted by reading them).
+        let depth = |t: &str| depth_below(run.path(), &[t.to_string()]).expect("counted");
+        assert_eq!((depth("t0"), depth("t1"), depth(&top)), (0, 1, MAX_DEPTH));
+        assert_eq!(depth(&deeper), MAX_DEPTH + 1);
         // t1 damaged so that it reads t3, which reads t2, which reads t1.
         View {
             query: "SELECT a FROM t3".into(),
             params: Default::default(),
             tables: vec!["t3".into()],
             rows: 2,
+            depth: None,
         }
         .save(&dataset::dir(run.path(), "t1"))
         .expect("damaged");
+        // Counting round the loop stops where a reader would, as too deep.
+        assert_eq!(depth("t3"), MAX_DEPTH + 1);
         let e = sum(run.path(), "t3").await.expect_err("a loop");
         assert!(
             e.to_string()
@@ -359,6 +406,7 @@ mod tests {
             params,
             tables: vec!["raw".into()],
             rows: 12,
+            depth: Some(3),
         };
         v.save(dir.path()).expect("saved");
         assert_eq!(View::load(dir.path()).expect("loaded"), Some(v));

@@ -260,6 +260,7 @@ impl TaskKind for SqlTask {
                 params: params.clone(),
                 tables: tables.tables.clone(),
                 rows: 0,
+                depth: None,
             });
             let (dir, streams, cancel) = (&ctx.data_dir, &ctx.streams, &ctx.cancel);
             dataset::write_streaming(df, dir, &ctx.task_id, streams, cancel, view).await
@@ -268,18 +269,20 @@ impl TaskKind for SqlTask {
             r = work => r,
             _ = ctx.cancel.cancelled() => Err(DataError::Cancelled),
         };
-        let (written, as_view) = result?;
-        if as_view {
-            ctx.log.note(&format!(
+        let (written, kept) = result?;
+        ctx.log.note(&match kept {
+            dataset::Kept::View => format!(
                 "{} rows, read live downstream; kept as a view (its query, not its rows: a task that reads it later runs the query again)",
                 written.rows
-            ));
-        } else {
-            ctx.log.note(&format!(
-                "{} rows, dataset {} bytes",
-                written.rows, written.bytes
-            ));
-        }
+            ),
+            dataset::Kept::RowsBelowDeepViews => format!(
+                "{} rows, read live downstream; dataset {} bytes, written by running the query again, as a view over its upstream views would read through more than {} views",
+                written.rows,
+                written.bytes,
+                view::MAX_DEPTH
+            ),
+            dataset::Kept::Rows => format!("{} rows, dataset {} bytes", written.rows, written.bytes),
+        });
         Ok(TaskOutput {
             value: serde_json::json!({ "rows": written.rows }),
             metrics: Metrics {

@@ -167,6 +167,53 @@ tasks:
     assert_eq!(got.join("\n") + "\n", want);
 }
 
+/// A chain of 18 queries streaming one into the next: views read through at most 16
+/// others, so the 17th query writes its rows (running its query again over the 16th view),
+/// the 18th is a view over those rows again, and a retried load reads through all of it.
+#[test]
+fn a_chain_deeper_than_views_may_read_writes_rows_every_seventeenth_query() {
+    let p = project("");
+    p.write("data/n.csv", &numbers(20_000, ""));
+    p.write("out/n.csv/in-the-way", "");
+    let mut yaml = String::from(
+        "tasks:\n  q0:\n    extract: {source: csv, path: data/n.csv, columns: {v: int}}\n",
+    );
+    for i in 1..=18 {
+        yaml.push_str(&format!(
+            "  q{i}:\n    depends_on: [q{j}]\n    sql: SELECT id, v + 1 AS v FROM q{j}\n",
+            j = i - 1
+        ));
+    }
+    yaml.push_str("  save:\n    depends_on: [q18]\n    load: {sink: csv, path: out/n.csv}\n");
+    p.pipeline("n", &yaml);
+    let r = run(&p, &["run", "n"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let id = latest_run(&p);
+    let states = p.task_states(&id);
+    assert_eq!(states["q18"], "success", "{states:?}");
+    assert_eq!(states["save"], "failed", "{states:?}");
+    let s = p.status(&id);
+    for i in 1..=18 {
+        let q = format!("q{i}");
+        let (files, view) = dataset_files(&p, &id, &q);
+        assert_eq!((files > 0, view), (i == 17, i != 17), "{q}");
+        assert_eq!(task(&s, &q)["metrics"]["rows_out"], 20_000, "{q}: {s}");
+    }
+    let log = p.run(&["logs", &id, "q17"]).stdout;
+    assert!(log.contains("more than 16 views"), "{log}");
+    std::fs::remove_dir_all(p.path().join("out/n.csv")).unwrap();
+    let r = run(&p, &["retry", &id]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let got: i64 = p
+        .read("out/n.csv")
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse::<i64>().unwrap())
+        .sum();
+    let want: i64 = (0..20_000i64).map(|i| i % 7 + 18).sum();
+    assert_eq!(got, want);
+}
+
 /// Rows that a query would not give again (`random()`, a `LIMIT`), a query that says
 /// `materialize: true`, and one whose consumer reads it twice are written as files, even
 /// though they streamed.
