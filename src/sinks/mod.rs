@@ -46,13 +46,17 @@ pub struct SinkContext<'a> {
 }
 
 impl SinkContext<'_> {
+    /// Renders a templated setting (a URL, a table name) as plain text.
+    pub fn text(&self, template: &str) -> Result<String, DataError> {
+        self.task
+            .render(template, Escape::Plain)
+            .map_err(|e| DataError::Invalid(e.to_string()))
+    }
+
     /// Renders a templated target path; relative paths are relative to the working
     /// directory.
     pub fn path(&self, template: &str) -> Result<PathBuf, DataError> {
-        let rendered = self
-            .task
-            .render(template, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let rendered = self.text(template)?;
         if rendered.trim().is_empty() {
             return Err(DataError::Invalid(format!(
                 "the path `{template}` renders to nothing"

@@ -26,7 +26,6 @@ use crate::data::postgres::{cast_checked, CastFailure, TableName};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
 use crate::tasks::BuildContext;
-use crate::template::Escape;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, StringArray,
@@ -364,11 +363,7 @@ impl MysqlSink {
 #[async_trait]
 impl Sink for MysqlSink {
     fn describe(&self) -> String {
-        let mode = match self.mode {
-            TableMode::Append => "append".to_string(),
-            TableMode::Replace => "replace".to_string(),
-            TableMode::Upsert => format!("upsert on {}", self.keys.join(", ")),
-        };
+        let mode = self.mode.describe(&self.keys);
         format!(
             "mysql {} table {} ({mode})",
             mysql::safe_target(&self.url),
@@ -378,14 +373,8 @@ impl Sink for MysqlSink {
 
     async fn write(&self, cx: &SinkContext<'_>, inputs: Vec<Input>) -> Result<Written, DataError> {
         let input = single(inputs, "mysql")?;
-        let url = cx
-            .task
-            .render(&self.url, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
-        let table = cx
-            .task
-            .render(&self.table, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let url = cx.text(&self.url)?;
+        let table = cx.text(&self.table)?;
         let table = TableName::parse(&table).map_err(DataError::Invalid)?;
         let redactor = cx.task.log.redactor();
         let mut my = mysql::connect(&url, &redactor, "STRICT_ALL_TABLES").await?;

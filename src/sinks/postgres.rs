@@ -29,7 +29,6 @@ use crate::data::types::quote_ident;
 use crate::data::DataError;
 use crate::spec::error::SpecError;
 use crate::tasks::BuildContext;
-use crate::template::Escape;
 use async_trait::async_trait;
 use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array,
@@ -54,6 +53,17 @@ pub enum TableMode {
     Replace,
     /// Inserts new keys, updates existing ones.
     Upsert,
+}
+
+impl TableMode {
+    /// `append`, `replace` or `upsert on KEYS`, for a load's description.
+    pub fn describe(self, keys: &[String]) -> String {
+        match self {
+            TableMode::Append => "append".to_string(),
+            TableMode::Replace => "replace".to_string(),
+            TableMode::Upsert => format!("upsert on {}", keys.join(", ")),
+        }
+    }
 }
 
 /// The `postgres` sink.
@@ -703,11 +713,7 @@ impl PostgresSink {
 #[async_trait]
 impl Sink for PostgresSink {
     fn describe(&self) -> String {
-        let mode = match self.mode {
-            TableMode::Append => "append".to_string(),
-            TableMode::Replace => "replace".to_string(),
-            TableMode::Upsert => format!("upsert on {}", self.keys.join(", ")),
-        };
+        let mode = self.mode.describe(&self.keys);
         format!(
             "postgres {} table {} ({mode})",
             postgres::safe_target(&self.url),
@@ -717,14 +723,8 @@ impl Sink for PostgresSink {
 
     async fn write(&self, cx: &SinkContext<'_>, inputs: Vec<Input>) -> Result<Written, DataError> {
         let input = single(inputs, "postgres")?;
-        let url = cx
-            .task
-            .render(&self.url, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
-        let table = cx
-            .task
-            .render(&self.table, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let url = cx.text(&self.url)?;
+        let table = cx.text(&self.table)?;
         let table = TableName::parse(&table).map_err(DataError::Invalid)?;
         let redactor = cx.task.log.redactor();
         let mut pg = postgres::connect(&url, &redactor).await?;
