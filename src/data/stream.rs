@@ -315,6 +315,71 @@ impl LateOut {
     }
 }
 
+/// A source that reads a database cursor row by row and builds its batches itself
+/// ([`read_rows`] drives it).
+pub trait RowBatcher<R> {
+    /// Adds row number `row_no` (from 1, for errors); returns about how many bytes it held.
+    fn push(&mut self, row: R, row_no: u64) -> Result<u64, DataError>;
+    /// The rows added since the last batch, as one; `first_row` rows came before them.
+    fn finish(&mut self, first_row: u64) -> Result<RecordBatch, DataError>;
+}
+
+/// Reads `rows` to their end into `out`, in batches of `batch_size` rows built by
+/// `batcher`, adding the bytes read to `bytes_read` batch by batch. A cursor with no rows
+/// still hands over its columns (an empty first batch). Stops quietly once nobody reads
+/// the batches any more, with [`DataError::Cancelled`] once `cancel` fires; `row_error`
+/// says what a failed read was.
+#[allow(clippy::too_many_arguments)]
+pub async fn read_rows<R, E, S>(
+    mut rows: S,
+    batcher: &mut impl RowBatcher<R>,
+    out: &mut LateOut,
+    batch_size: usize,
+    cancel: &tokio_util::sync::CancellationToken,
+    bytes_read: &std::sync::atomic::AtomicU64,
+    row_error: impl Fn(E) -> DataError,
+) -> Result<(), DataError>
+where
+    S: futures_util::Stream<Item = Result<R, E>> + Unpin,
+{
+    use std::sync::atomic::Ordering;
+    let (mut in_batch, mut first_row, mut bytes, mut sent) = (0usize, 0u64, 0u64, false);
+    loop {
+        let next = {
+            let closed = out.closed();
+            tokio::select! {
+                biased;
+                r = rows.next() => r,
+                _ = cancel.cancelled() => return Err(DataError::Cancelled),
+                _ = closed => return Ok(()),
+            }
+        };
+        let Some(row) = next else { break };
+        bytes += batcher.push(row.map_err(&row_error)?, first_row + in_batch as u64 + 1)?;
+        in_batch += 1;
+        if in_batch >= batch_size {
+            bytes_read.fetch_add(std::mem::take(&mut bytes), Ordering::Relaxed);
+            let batch = batcher.finish(first_row)?;
+            sent = true;
+            if !out.send(batch).await? {
+                return Ok(());
+            }
+            first_row += in_batch as u64;
+            in_batch = 0;
+        }
+    }
+    bytes_read.fetch_add(bytes, Ordering::Relaxed);
+    if in_batch > 0 || !sent {
+        let batch = batcher.finish(first_row)?;
+        if batch.num_rows() == 0 {
+            out.open(batch.schema()).await;
+        } else {
+            out.send(batch).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Spawns `reader` with a [`LateOut`] and returns the frame of what it sends, once it has
 /// given its schema (or its error). `what` names the reader in the error of one that stops
 /// before that ("the MySQL reader").

@@ -22,7 +22,7 @@
 use super::{Source, SourceContext};
 use crate::data::mysql::{self, kind_from_catalog, kind_from_type_name, CatalogColumn, ReadKind};
 use crate::data::postgres::{cast_checked, CastFailure};
-use crate::data::stream::{late_frame, LateOut};
+use crate::data::stream::{late_frame, read_rows, LateOut, RowBatcher};
 use crate::data::types::ColumnType;
 use crate::data::DataError;
 use crate::spec::error::SpecError;
@@ -33,13 +33,13 @@ use datafusion::arrow::array::{Array, ArrayRef, BinaryBuilder, StringArray, Stri
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
-use futures_util::StreamExt;
 use indexmap::IndexMap;
 use marked_yaml::Node;
 use serde::Deserialize;
+use sqlx::mysql::MySqlRow;
 use sqlx::{Column, Executor, Row, SqlSafeStr, Statement, TypeInfo};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -192,74 +192,63 @@ impl Reader {
 
     async fn read(&self, out: &mut LateOut) -> Result<(), DataError> {
         let mut my = mysql::connect(&self.url, &self.redactor, "").await?;
-        let mut cols = self.columns(&mut my).await?;
-        let mut schema: Option<SchemaRef> = None;
-        let mut stream = sqlx::raw_sql(sqlx::AssertSqlSafe(self.query.clone())).fetch(&mut my.conn);
-        let mut rows_in_batch = 0usize;
-        let mut first_row: u64 = 0;
-        let mut bytes: u64 = 0;
-        loop {
-            let next = {
-                let closed = out.closed();
-                tokio::select! {
-                    biased;
-                    r = stream.next() => r,
-                    _ = self.cancel.cancelled() => return Err(DataError::Cancelled),
-                    _ = closed => return Ok(()),
-                }
-            };
-            let Some(row) = next else { break };
-            let row = row.map_err(|e| mysql::error("reading the rows", &e))?;
-            let row_no = first_row + rows_in_batch as u64 + 1;
-            for (i, col) in cols.iter_mut().enumerate() {
-                let v: Option<&[u8]> = row.try_get_unchecked(i).map_err(|e| {
-                    DataError::Invalid(format!("row {row_no}, column `{}`: {e}", col.name))
-                })?;
-                bytes += v.map_or(0, |b| b.len() as u64);
-                match (&mut col.acc, v) {
-                    (Acc::Bin(b), v) => b.append_option(v),
-                    (Acc::Text(b), None) => b.append_null(),
-                    (Acc::Text(b), Some(raw)) => {
-                        let text = std::str::from_utf8(raw).map_err(|_| {
-                            DataError::Invalid(format!(
-                                "row {row_no}, column `{}`: the text is not UTF-8",
-                                col.name
-                            ))
-                        })?;
-                        let zero_date = matches!(
-                            col.kind,
-                            ReadKind::Date | ReadKind::DateTime | ReadKind::Timestamp
-                        ) && text.starts_with("0000-00-00");
-                        if zero_date {
-                            b.append_null();
-                        } else {
-                            b.append_value(text);
-                        }
+        let cols = self.columns(&mut my).await?;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(self.query.clone())).fetch(&mut my.conn);
+        let mut batcher = Batcher { cols, schema: None };
+        read_rows(
+            rows,
+            &mut batcher,
+            out,
+            self.batch_size,
+            &self.cancel,
+            &self.bytes,
+            |e| mysql::error("reading the rows", &e),
+        )
+        .await
+    }
+}
+
+/// The columns being filled, and the schema that the first batch fixed.
+struct Batcher {
+    cols: Vec<Col>,
+    schema: Option<SchemaRef>,
+}
+
+impl RowBatcher<MySqlRow> for Batcher {
+    fn push(&mut self, row: MySqlRow, row_no: u64) -> Result<u64, DataError> {
+        let mut bytes = 0;
+        for (i, col) in self.cols.iter_mut().enumerate() {
+            let v: Option<&[u8]> = row.try_get_unchecked(i).map_err(|e| {
+                DataError::Invalid(format!("row {row_no}, column `{}`: {e}", col.name))
+            })?;
+            bytes += v.map_or(0, |b| b.len() as u64);
+            match (&mut col.acc, v) {
+                (Acc::Bin(b), v) => b.append_option(v),
+                (Acc::Text(b), None) => b.append_null(),
+                (Acc::Text(b), Some(raw)) => {
+                    let text = std::str::from_utf8(raw).map_err(|_| {
+                        DataError::Invalid(format!(
+                            "row {row_no}, column `{}`: the text is not UTF-8",
+                            col.name
+                        ))
+                    })?;
+                    let zero_date = matches!(
+                        col.kind,
+                        ReadKind::Date | ReadKind::DateTime | ReadKind::Timestamp
+                    ) && text.starts_with("0000-00-00");
+                    if zero_date {
+                        b.append_null();
+                    } else {
+                        b.append_value(text);
                     }
                 }
             }
-            rows_in_batch += 1;
-            if rows_in_batch >= self.batch_size {
-                self.bytes.fetch_add(bytes, Ordering::Relaxed);
-                bytes = 0;
-                let batch = finish(&mut cols, &mut schema, first_row)?;
-                if !out.send(batch).await? {
-                    return Ok(());
-                }
-                first_row += rows_in_batch as u64;
-                rows_in_batch = 0;
-            }
         }
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if rows_in_batch > 0 || schema.is_none() {
-            let batch = finish(&mut cols, &mut schema, first_row)?;
-            if batch.num_rows() == 0 {
-                out.open(batch.schema()).await;
-            } else {
-                out.send(batch).await?;
-            }
-        }
-        Ok(())
+        Ok(bytes)
+    }
+
+    fn finish(&mut self, first_row: u64) -> Result<RecordBatch, DataError> {
+        finish(&mut self.cols, &mut self.schema, first_row)
     }
 }
 

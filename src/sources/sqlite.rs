@@ -16,7 +16,7 @@
 
 use super::{Source, SourceContext};
 use crate::data::postgres::{cast_checked, CastFailure};
-use crate::data::stream::{late_frame, LateOut};
+use crate::data::stream::{late_frame, read_rows, LateOut, RowBatcher};
 use crate::data::types::{quote_ident, ColumnType};
 use crate::data::DataError;
 use crate::spec::error::SpecError;
@@ -27,14 +27,13 @@ use datafusion::arrow::array::{ArrayRef, BinaryBuilder, StringBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::DataFrame;
-use futures_util::StreamExt;
 use indexmap::IndexMap;
 use marked_yaml::Node;
 use serde::Deserialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteRow};
 use sqlx::{Column, ConnectOptions, Executor, Row, SqlSafeStr, Statement, TypeInfo, ValueRef};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -261,110 +260,99 @@ impl Reader {
                 self.path.display()
             ))
         })?;
-        let mut cols = self.columns(&mut conn).await?;
-        let mut schema: Option<SchemaRef> = None;
-        let mut stream = sqlx::query(sqlx::AssertSqlSafe(self.query.clone())).fetch(&mut conn);
-        let mut rows_in_batch = 0usize;
-        let mut first_row: u64 = 0;
-        let mut bytes = 0u64;
-        loop {
-            let next = {
-                let closed = out.closed();
-                tokio::select! {
-                    biased;
-                    r = stream.next() => r,
-                    _ = self.cancel.cancelled() => return Err(DataError::Cancelled),
-                    _ = closed => return Ok(()),
-                }
-            };
-            let Some(row) = next else { break };
-            let row = row.map_err(|e| sql_error("reading the rows", &e))?;
-            let row_no = first_row + rows_in_batch as u64 + 1;
-            for (i, col) in cols.iter_mut().enumerate() {
-                let value = row
-                    .try_get_raw(i)
-                    .map_err(|e| sql_error("reading the rows", &e))?;
-                let class = if value.is_null() {
-                    "NULL".to_string()
-                } else {
-                    value.type_info().name().to_string()
-                };
-                let bad = |e: sqlx::Error| {
-                    DataError::Invalid(format!("row {row_no}, column `{}`: {e}", col.name))
-                };
-                match class.as_str() {
-                    "NULL" => col.push(None, None),
-                    "INTEGER" => {
-                        col.seen.int = true;
-                        let v: i64 = row.try_get_unchecked(i).map_err(bad)?;
-                        bytes += 8;
-                        let text = match &col.kind {
-                            Kind::Known(DataType::Boolean) => (v != 0).to_string(),
-                            Kind::Known(DataType::Timestamp(..)) => {
-                                chrono::DateTime::from_timestamp(v, 0)
-                                    .map(|t| t.naive_utc().to_string())
-                                    .unwrap_or_else(|| v.to_string())
-                            }
-                            _ => v.to_string(),
-                        };
-                        col.push(Some(&text), Some(text.as_bytes()));
-                    }
-                    "REAL" => {
-                        col.seen.real = true;
-                        let v: f64 = row.try_get_unchecked(i).map_err(bad)?;
-                        bytes += 8;
-                        let text = v.to_string();
-                        col.push(Some(&text), Some(text.as_bytes()));
-                    }
-                    "BLOB" => {
-                        col.seen.blob = true;
-                        let v: &[u8] = row.try_get_unchecked(i).map_err(bad)?;
-                        bytes += v.len() as u64;
-                        let text = match &col.kind {
-                            Kind::FromValues | Kind::Known(DataType::Binary) => {
-                                String::from_utf8_lossy(v)
-                            }
-                            Kind::Known(t) => std::borrow::Cow::Borrowed(
-                                std::str::from_utf8(v).map_err(|_| {
-                                    DataError::Invalid(format!(
-                                        "row {row_no}, column `{}`: a blob where {t} was expected",
-                                        col.name
-                                    ))
-                                })?,
-                            ),
-                        };
-                        col.push(Some(&text), Some(v));
-                    }
-                    _ => {
-                        col.seen.text = true;
-                        let v: &str = row.try_get_unchecked(i).map_err(bad)?;
-                        bytes += v.len() as u64;
-                        col.push(Some(v), Some(v.as_bytes()));
-                    }
-                }
-            }
-            rows_in_batch += 1;
-            if rows_in_batch >= self.batch_size {
-                self.bytes.fetch_add(bytes, Ordering::Relaxed);
-                bytes = 0;
-                let batch = finish(&mut cols, &mut schema, first_row)?;
-                if !out.send(batch).await? {
-                    return Ok(());
-                }
-                first_row += rows_in_batch as u64;
-                rows_in_batch = 0;
-            }
-        }
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        if rows_in_batch > 0 || schema.is_none() {
-            let batch = finish(&mut cols, &mut schema, first_row)?;
-            if batch.num_rows() == 0 {
-                out.open(batch.schema()).await;
+        let cols = self.columns(&mut conn).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(self.query.clone())).fetch(&mut conn);
+        let mut batcher = Batcher { cols, schema: None };
+        read_rows(
+            rows,
+            &mut batcher,
+            out,
+            self.batch_size,
+            &self.cancel,
+            &self.bytes,
+            |e| sql_error("reading the rows", &e),
+        )
+        .await
+    }
+}
+
+/// The columns being filled, and the schema that the first batch fixed.
+struct Batcher {
+    cols: Vec<Col>,
+    schema: Option<SchemaRef>,
+}
+
+impl RowBatcher<SqliteRow> for Batcher {
+    fn push(&mut self, row: SqliteRow, row_no: u64) -> Result<u64, DataError> {
+        let mut bytes = 0;
+        for (i, col) in self.cols.iter_mut().enumerate() {
+            let value = row
+                .try_get_raw(i)
+                .map_err(|e| sql_error("reading the rows", &e))?;
+            let class = if value.is_null() {
+                "NULL".to_string()
             } else {
-                out.send(batch).await?;
+                value.type_info().name().to_string()
+            };
+            let bad = |e: sqlx::Error| {
+                DataError::Invalid(format!("row {row_no}, column `{}`: {e}", col.name))
+            };
+            match class.as_str() {
+                "NULL" => col.push(None, None),
+                "INTEGER" => {
+                    col.seen.int = true;
+                    let v: i64 = row.try_get_unchecked(i).map_err(bad)?;
+                    bytes += 8;
+                    let text = match &col.kind {
+                        Kind::Known(DataType::Boolean) => (v != 0).to_string(),
+                        Kind::Known(DataType::Timestamp(..)) => {
+                            chrono::DateTime::from_timestamp(v, 0)
+                                .map(|t| t.naive_utc().to_string())
+                                .unwrap_or_else(|| v.to_string())
+                        }
+                        _ => v.to_string(),
+                    };
+                    col.push(Some(&text), Some(text.as_bytes()));
+                }
+                "REAL" => {
+                    col.seen.real = true;
+                    let v: f64 = row.try_get_unchecked(i).map_err(bad)?;
+                    bytes += 8;
+                    let text = v.to_string();
+                    col.push(Some(&text), Some(text.as_bytes()));
+                }
+                "BLOB" => {
+                    col.seen.blob = true;
+                    let v: &[u8] = row.try_get_unchecked(i).map_err(bad)?;
+                    bytes += v.len() as u64;
+                    let text = match &col.kind {
+                        Kind::FromValues | Kind::Known(DataType::Binary) => {
+                            String::from_utf8_lossy(v)
+                        }
+                        Kind::Known(t) => {
+                            std::borrow::Cow::Borrowed(std::str::from_utf8(v).map_err(|_| {
+                                DataError::Invalid(format!(
+                                    "row {row_no}, column `{}`: a blob where {t} was expected",
+                                    col.name
+                                ))
+                            })?)
+                        }
+                    };
+                    col.push(Some(&text), Some(v));
+                }
+                _ => {
+                    col.seen.text = true;
+                    let v: &str = row.try_get_unchecked(i).map_err(bad)?;
+                    bytes += v.len() as u64;
+                    col.push(Some(v), Some(v.as_bytes()));
+                }
             }
         }
-        Ok(())
+        Ok(bytes)
+    }
+
+    fn finish(&mut self, first_row: u64) -> Result<RecordBatch, DataError> {
+        finish(&mut self.cols, &mut self.schema, first_row)
     }
 }
 
