@@ -230,8 +230,11 @@ pub async fn write_streaming(
     };
     let (rows, kept) = match view {
         Some(mut view) if read_live => {
-            let ctx = SessionContext::new_with_state(df.clone().into_parts().0);
-            view.rows = count(df).await?;
+            // The session's settings and memory budget without its tables, for running the
+            // query again should the view be too deep.
+            let (state, plan) = df.into_parts();
+            let ctx = super::view::own_session(&SessionContext::new_with_state(state.clone()));
+            view.rows = count(DataFrame::new(state, plan)).await?;
             // The upstream datasets are in place once their tasks succeeded.
             streams.upstream_done(cancel).await?;
             let below = super::view::depth_below(run_data_dir, &view.tables)?;

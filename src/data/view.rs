@@ -256,7 +256,7 @@ pub async fn rows(
 
 /// A session with `ctx`'s settings, functions, rules and runtime (memory pool, spill
 /// folder), and a catalog of its own.
-fn own_session(ctx: &SessionContext) -> SessionContext {
+pub(super) fn own_session(ctx: &SessionContext) -> SessionContext {
     let state = ctx.state();
     let config = state
         .config()
