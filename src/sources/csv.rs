@@ -422,35 +422,66 @@ fn locate(msg: &str, file: &Path, schema: &datafusion::common::DFSchema, header:
 }
 
 impl CsvSource {
-    /// The first value of a decimal-comma column that is not a number, with its line.
-    async fn find_bad_number(
+    /// The first value that is not of its column's type, with its line, in a file whose
+    /// columns are read as text and cast after the read (decimal-comma columns; every
+    /// column when there are null markers), where the cast's error cannot say which line.
+    /// `schema` is the frame's, with the types the values are cast to.
+    async fn find_bad_value(
         &self,
         session: &SessionContext,
         path: String,
         file: &Path,
         columns: &indexmap::IndexMap<String, crate::data::types::ColumnType>,
-        comma: &[(String, DataType)],
+        schema: &datafusion::common::DFSchema,
     ) -> Option<String> {
         use datafusion::arrow::array::{Array, StringArray};
         use futures_util::StreamExt;
-        let raw = self
-            .frame_raw(session, vec![path], columns, comma, true)
+        let inferred = session
+            .read_csv(vec![path.clone()], self.options(None))
+            .await
+            .ok()?;
+        let text = Schema::new(
+            inferred
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                .collect::<Vec<_>>(),
+        );
+        let raw = session
+            .read_csv(vec![path], self.options(Some(&text)))
             .await
             .ok()?;
         let mut raw = raw.execute_stream().await.ok()?;
+        let comma = self.comma_columns(columns);
         let mut row = 0usize;
         while let Some(Ok(batch)) = raw.next().await {
-            for (name, ty) in comma {
+            for (idx, field) in schema.fields().iter().enumerate() {
+                let name = field.name();
+                let ty = field.data_type();
                 let Some(original) = batch
                     .column_by_name(name)
                     .and_then(|c| c.as_any().downcast_ref::<StringArray>())
                 else {
                     continue;
                 };
-                // The same rewriting as the read: trim, drop the dots, comma to point.
+                if *ty == DataType::Utf8 {
+                    continue;
+                }
+                let with_comma = comma.iter().any(|(n, _)| n == name);
+                // The same rewriting as the read: markers become nulls; with a decimal comma,
+                // trim, drop the dots, comma to point.
                 let text: StringArray = original
                     .iter()
-                    .map(|v| v.map(|s| s.trim().replace('.', "").replace(',', ".")))
+                    .map(|v| {
+                        v.filter(|s| !self.markers.iter().any(|m| m == s)).map(|s| {
+                            if with_comma {
+                                s.trim().replace('.', "").replace(',', ".")
+                            } else {
+                                s.to_string()
+                            }
+                        })
+                    })
                     .collect();
                 let Ok(casted) = datafusion::arrow::compute::cast(&text, ty) else {
                     continue;
@@ -459,11 +490,17 @@ impl CsvSource {
                     let line = row + i + 1 + usize::from(self.header);
                     let declared = columns
                         .get(name)
-                        .map(|c| c.written.as_str())
-                        .unwrap_or("number");
+                        .map(|c| c.written.clone())
+                        .unwrap_or_else(|| ty.to_string());
+                    let hint = if with_comma {
+                        " (with `decimal_comma`, `.` groups thousands and `,` marks decimals, as in 1.234,50)"
+                    } else {
+                        ""
+                    };
                     return Some(format!(
-                        "{}: line {line}, column `{name}`: value `{}` is not a valid {declared} (with `decimal_comma`, `.` groups thousands and `,` marks decimals, as in 1.234,50)",
+                        "{}: line {line}, column `{name}` (column {}): value `{}` is not a valid {declared}{hint}",
                         file.display(),
+                        idx + 1,
                         original.value(i)
                     ));
                 }
@@ -513,9 +550,9 @@ impl Source for CsvSource {
             };
             let schema = df.schema().clone();
             if let Err(e) = crate::data::stream::drain(df).await {
-                if !comma.is_empty() {
+                if !comma.is_empty() || !self.markers.is_empty() {
                     if let Some(found) = self
-                        .find_bad_number(&session, path, file, cx.columns, &comma)
+                        .find_bad_value(&session, path, file, cx.columns, &schema)
                         .await
                     {
                         return DataError::Invalid(found);

@@ -371,6 +371,46 @@ tasks:
     );
 }
 
+/// With null markers every column is read as text and cast after the read; a bad value is
+/// still reported with its file, line and column, for numbers and timestamps alike.
+#[test]
+fn a_bad_value_beside_null_markers_is_reported_with_its_line() {
+    let p = Project::new();
+    p.write("data/a.csv", "id,qty,at\n1,2,2024-01-05 10:00:00\n2,-,-\n");
+    p.write(
+        "data/b.csv",
+        "id,qty,at\n3,-,2024-01-06 10:00:00\n4,5,-\n5,6,2024-01-07 10:00:00\n6,lots,-\n",
+    );
+    p.write(
+        "data/c.csv",
+        "id,qty,at\n7,1,2024-01-05 10:00:00\n8,-,yesterday\n",
+    );
+    for (name, glob, want) in [
+        (
+            "qty",
+            "data/[ab].csv",
+            "b.csv: line 5, column `qty` (column 2): value `lots` is not a valid int",
+        ),
+        (
+            "at",
+            "data/[ac].csv",
+            "c.csv: line 3, column `at` (column 3): value `yesterday` is not a valid timestamp",
+        ),
+    ] {
+        p.pipeline(
+            name,
+            &format!(
+                "tasks:\n  raw:\n    extract: {{source: csv, path: \"{glob}\", null: [\"-\"], columns: {{qty: int, at: timestamp}}}}\n"
+            ),
+        );
+        let r = p.run(&["run", name]);
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let status = p.status(&latest_run(&p));
+        let err = status["tasks"][0]["error"].as_str().unwrap().to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
+
 #[test]
 fn a_bad_value_is_reported_with_file_line_and_column() {
     let p = Project::new();
