@@ -233,7 +233,7 @@ pub async fn write_streaming(
             // The session's settings and memory budget without its tables, for running the
             // query again should the view be too deep.
             let (state, plan) = df.into_parts();
-            let ctx = super::view::own_session(&SessionContext::new_with_state(state.clone()));
+            let ctx = super::view::own_session(state.clone());
             view.rows = count(DataFrame::new(state, plan)).await?;
             // The upstream datasets are in place once their tasks succeeded.
             streams.upstream_done(cancel).await?;

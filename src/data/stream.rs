@@ -329,7 +329,6 @@ pub trait RowBatcher<R> {
 /// still hands over its columns (an empty first batch). Stops quietly once nobody reads
 /// the batches any more, with [`DataError::Cancelled`] once `cancel` fires; `row_error`
 /// says what a failed read was.
-#[allow(clippy::too_many_arguments)]
 pub async fn read_rows<R, E, S>(
     mut rows: S,
     batcher: &mut impl RowBatcher<R>,

@@ -19,7 +19,7 @@ use datafusion::catalog::MemoryCatalogProviderList;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue, TableReference};
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::logical_expr::{Distinct, Expr, LogicalPlan, Volatility};
 use datafusion::prelude::{DataFrame, SessionContext};
 use serde::{Deserialize, Serialize};
@@ -239,7 +239,7 @@ pub async fn rows(
     view: &View,
     readers: &[String],
 ) -> Result<DataFrame, DataError> {
-    let own = own_session(ctx);
+    let own = own_session(ctx.state());
     for t in &view.tables {
         let df = Box::pin(dataset::read_at(&own, run_data_dir, t, readers)).await?;
         own.register_table(TableReference::bare(t.as_str()), df.into_view())
@@ -254,10 +254,9 @@ pub async fn rows(
         .map_err(|e| DataError::from_datafusion("reading a view", e))
 }
 
-/// A session with `ctx`'s settings, functions, rules and runtime (memory pool, spill
+/// A session with `state`'s settings, functions, rules and runtime (memory pool, spill
 /// folder), and a catalog of its own.
-pub(super) fn own_session(ctx: &SessionContext) -> SessionContext {
-    let state = ctx.state();
+pub(super) fn own_session(state: SessionState) -> SessionContext {
     let config = state
         .config()
         .clone()

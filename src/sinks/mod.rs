@@ -48,9 +48,7 @@ pub struct SinkContext<'a> {
 impl SinkContext<'_> {
     /// Renders a templated setting (a URL, a table name) as plain text.
     pub fn text(&self, template: &str) -> Result<String, DataError> {
-        self.task
-            .render(template, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))
+        self.task.render_data(template, Escape::Plain)
     }
 
     /// Renders a templated target path; relative paths are relative to the working

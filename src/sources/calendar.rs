@@ -302,11 +302,7 @@ impl Source for CalendarSource {
     }
 
     async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
-        let render = |t: &str| {
-            cx.task
-                .render(t, Escape::Plain)
-                .map_err(|e| DataError::Invalid(e.to_string()))
-        };
+        let render = |t: &str| cx.task.render_data(t, Escape::Plain);
         let (start, end) = self
             .range(&render(&self.start)?, &render(&self.end)?)
             .map_err(DataError::Invalid)?;

@@ -315,12 +315,7 @@ impl CsvSource {
         }
         // DataFusion's CSV scan knows only the empty field as null: with other markers,
         // every column is read as text, the markers become nulls, then the types apply.
-        let text = Schema::new(
-            fields
-                .iter()
-                .map(|f| Field::new(f.name(), DataType::Utf8, true))
-                .collect::<Vec<_>>(),
-        );
+        let text = all_text(fields.iter().map(|f| f.name()));
         let df = session
             .read_csv(paths, self.options(Some(&text)))
             .await
@@ -349,6 +344,15 @@ impl CsvSource {
         df.select(exprs)
             .map_err(|e| DataError::from_datafusion(what(), e))
     }
+}
+
+/// A schema of the columns `names`, all read as text.
+fn all_text<'a>(names: impl Iterator<Item = &'a String>) -> Schema {
+    Schema::new(
+        names
+            .map(|n| Field::new(n, DataType::Utf8, true))
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn starts_with_bom(f: &Path) -> bool {
@@ -440,14 +444,7 @@ impl CsvSource {
             .read_csv(vec![path.clone()], self.options(None))
             .await
             .ok()?;
-        let text = Schema::new(
-            inferred
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| Field::new(f.name(), DataType::Utf8, true))
-                .collect::<Vec<_>>(),
-        );
+        let text = all_text(inferred.schema().fields().iter().map(|f| f.name()));
         let raw = session
             .read_csv(vec![path], self.options(Some(&text)))
             .await
@@ -457,17 +454,13 @@ impl CsvSource {
         let mut row = 0usize;
         while let Some(Ok(batch)) = raw.next().await {
             for (idx, field) in schema.fields().iter().enumerate() {
-                let name = field.name();
-                let ty = field.data_type();
-                let Some(original) = batch
+                let (name, ty) = (field.name(), field.data_type());
+                let original = batch
                     .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                else {
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+                let Some(original) = original.filter(|_| *ty != DataType::Utf8) else {
                     continue;
                 };
-                if *ty == DataType::Utf8 {
-                    continue;
-                }
                 let with_comma = comma.iter().any(|(n, _)| n == name);
                 // The same rewriting as the read: markers become nulls; with a decimal comma,
                 // trim, drop the dots, comma to point.

@@ -82,10 +82,7 @@ impl SourceContext<'_> {
     /// Renders a templated path and lists the files it names (a glob matches many, sorted);
     /// relative paths are relative to the task's working directory. No match is an error.
     pub fn files(&self, pattern: &str) -> Result<Vec<PathBuf>, DataError> {
-        let rendered = self
-            .task
-            .render(pattern, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let rendered = self.task.render_data(pattern, Escape::Plain)?;
         files(&rendered, &self.task.work_dir)
     }
 }
@@ -173,15 +170,9 @@ pub fn select_sql(
     quote: impl Fn(&crate::data::postgres::TableName) -> String,
 ) -> Result<String, DataError> {
     match (query, table) {
-        (Some(q), _) => cx
-            .task
-            .render(q, Escape::Sql)
-            .map_err(|e| DataError::Invalid(e.to_string())),
+        (Some(q), _) => cx.task.render_data(q, Escape::Sql),
         (None, Some(t)) => {
-            let t = cx
-                .task
-                .render(t, Escape::Plain)
-                .map_err(|e| DataError::Invalid(e.to_string()))?;
+            let t = cx.task.render_data(t, Escape::Plain)?;
             let name = crate::data::postgres::TableName::parse(&t).map_err(DataError::Invalid)?;
             Ok(format!("SELECT * FROM {}", quote(&name)))
         }

@@ -110,10 +110,7 @@ impl Source for ParquetSource {
     }
 
     async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
-        let rendered = cx
-            .task
-            .render(&self.path, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let rendered = cx.task.render_data(&self.path, Escape::Plain)?;
         let full = if Path::new(&rendered).is_absolute() {
             PathBuf::from(&rendered)
         } else {

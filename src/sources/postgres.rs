@@ -509,10 +509,7 @@ impl Source for PostgresSource {
     }
 
     async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
-        let url = cx
-            .task
-            .render(&self.url, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let url = cx.task.render_data(&self.url, Escape::Plain)?;
         let query = self.query(cx)?;
         let redactor = cx.task.log.redactor();
         let pg = postgres::connect(&url, &redactor).await?;

@@ -435,10 +435,7 @@ impl Source for SqliteSource {
     }
 
     async fn read(&self, cx: &SourceContext<'_>) -> Result<DataFrame, DataError> {
-        let rendered = cx
-            .task
-            .render(&self.path, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))?;
+        let rendered = cx.task.render_data(&self.path, Escape::Plain)?;
         let path = cx.task.work_dir.join(&rendered);
         if !path.is_file() {
             return Err(DataError::Invalid(format!(

@@ -300,6 +300,18 @@ impl TaskContext {
             .map_err(TaskError::Invalid)
     }
 
+    /// [`TaskContext::render`] for the data plane's sources and sinks (a URL, a path, a
+    /// table name, a query): a template error is bad input, not retried.
+    pub fn render_data(
+        &self,
+        text: &str,
+        escape: Escape,
+    ) -> Result<String, crate::data::DataError> {
+        self.templates
+            .render(text, escape, &self.vars)
+            .map_err(crate::data::DataError::Invalid)
+    }
+
     /// Renders every string inside a JSON value (keys stay as written), so that values
     /// are inserted as JSON strings, never spliced into JSON text.
     pub fn render_json(&self, v: &serde_json::Value) -> Result<serde_json::Value, TaskError> {

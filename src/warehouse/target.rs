@@ -13,7 +13,6 @@ use crate::sinks::postgres::{PostgresSink, TableMode};
 use crate::sinks::{Input, Sink, SinkContext};
 use crate::sources::postgres::PostgresSource;
 use crate::sources::{Source, SourceContext};
-use crate::template::Escape;
 use datafusion::prelude::{DataFrame, ParquetReadOptions};
 use indexmap::IndexMap;
 use std::sync::atomic::AtomicU64;
@@ -55,12 +54,6 @@ impl Target {
         }
     }
 
-    fn render(cx: &SinkContext<'_>, text: &str) -> Result<String, DataError> {
-        cx.task
-            .render(text, Escape::Plain)
-            .map_err(|e| DataError::Invalid(e.to_string()))
-    }
-
     /// Locks the dimension and reads its rows. The rows are copied into `cx.scratch` first
     /// (a snapshot the merge may scan more than once).
     pub async fn open(&self, cx: &SinkContext<'_>) -> Result<Opened, DataError> {
@@ -91,8 +84,8 @@ impl Target {
                 })
             }
             Target::Postgres { url, table } => {
-                let url = Self::render(cx, url)?;
-                let table_text = Self::render(cx, table)?;
+                let url = cx.text(url)?;
+                let table_text = cx.text(table)?;
                 let name = TableName::parse(&table_text).map_err(DataError::Invalid)?;
                 let redactor = cx.task.log.redactor();
                 let pg = postgres::connect(&url, &redactor).await?;
