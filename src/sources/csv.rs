@@ -334,7 +334,9 @@ impl CsvSource {
                     "CASE WHEN {name} IN ({list}) THEN NULL ELSE {name} END"
                 ))
                 .map_err(|e| DataError::from_datafusion(what(), e))?;
-            let e = if *f.data_type() == DataType::Utf8 {
+            // A column with no value but markers in the rows inferred from (or in a file of
+            // a header only) is inferred as Null: it stays text, so no later value is lost.
+            let e = if matches!(f.data_type(), DataType::Utf8 | DataType::Null) {
                 e
             } else {
                 cast(e, f.data_type().clone())

@@ -411,6 +411,38 @@ fn a_bad_value_beside_null_markers_is_reported_with_its_line() {
     }
 }
 
+/// With null markers, a file of a header only, and a column of nothing but markers in the
+/// rows inferred from, read without error and keep every value.
+#[test]
+fn null_markers_with_no_rows_or_a_column_of_markers_read() {
+    let p = Project::new();
+    p.write("data/empty.csv", "id;note\n");
+    let mut rows = String::from("id;note\n");
+    for i in 0..30 {
+        rows.push_str(&format!("{i};-\n"));
+    }
+    rows.push_str("30;late\n");
+    p.write("data/notes.csv", &rows);
+    for (name, file, want) in [
+        ("empty", "empty.csv", "0 []"),
+        ("notes", "notes.csv", "31 ['late']"),
+    ] {
+        p.pipeline(
+            name,
+            &format!(
+                "tasks:\n  raw:\n    extract: {{source: csv, path: data/{file}, delimiter: \";\", null: [\"-\"], infer_rows: 10}}\n  out:\n    depends_on: [raw]\n    load: {{sink: parquet, path: out/{name}.parquet}}\n"
+            ),
+        );
+        let r = p.run(&["run", name]);
+        assert_eq!(r.code, 0, "{name}: {}{}", r.stdout, r.stderr);
+        let out = py(
+            p.path(),
+            &format!("import pyarrow.parquet as pq\nt = pq.read_table('out/{name}.parquet')\nprint(t.num_rows, [v for v in t.column('note').to_pylist() if v])"),
+        );
+        assert_eq!(out.trim(), want, "{name}");
+    }
+}
+
 #[test]
 fn a_bad_value_is_reported_with_file_line_and_column() {
     let p = Project::new();
